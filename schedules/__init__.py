@@ -1,0 +1,73 @@
+"""Hyperparameter schedules as immutable, JSON-safe specs with one implementation of their math.
+
+    >>> import schedules
+    >>> s = schedules.from_spec({"kind": "warmup_cosine_decay", "init_value": 0.0,
+    ...     "peak_value": 3e-3, "warmup_steps": 100, "decay_steps": 1000, "end_value": 1e-5})
+    >>> schedules.from_spec(s.spec()) == s
+    True
+
+Adapters: ``schedules.torch.attach`` (a torch ``LRScheduler``) and ``schedules.optax.inject``
+(``optax.inject_hyperparams``). This package imports neither Ray nor Optuna; torch and JAX are
+imported only by their adapters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from pydantic import TypeAdapter, ValidationError
+
+from schedules._kinds import KINDS, AnySpec, ReduceOnPlateau, Schedule
+
+__all__ = ["KINDS", "ReduceOnPlateau", "Schedule", "ScheduleError", "from_spec", "as_schedule"]
+
+
+class ScheduleError(ValueError):
+    """A schedule spec is invalid; the message names the field and what was expected."""
+
+
+_ADAPTER = TypeAdapter(AnySpec)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One clause of a ScheduleError: the field's dotted path (kind first) and what was expected."""
+    loc = [str(part) for part in error["loc"]]
+    where = ".".join(loc[:1] + [part for part in loc[1:] if part not in KINDS])
+    prefix = f"{where}." if where else ""
+    if error["type"] == "union_tag_invalid":
+        ctx = error.get("ctx", {})
+        return f"{prefix}kind: unknown schedule kind {ctx.get('tag')!r}; expected one of " \
+               f"{ctx.get('expected_tags')}"
+    if error["type"] == "union_tag_not_found":
+        return f"{prefix}kind: missing; expected one of {', '.join(sorted(KINDS))}"
+    if error["type"] == "missing":
+        return f"{where}: missing required field"
+    if error["type"] == "extra_forbidden":
+        kind = loc[0] if loc and loc[0] in KINDS else None
+        allowed = ", ".join(n for n in KINDS[kind].model_fields if n != "kind") if kind else ""
+        return f"{where}: unknown field (expected one of: {allowed})"
+    message = error["msg"].removeprefix("Value error, ")
+    if loc and loc[-1] in KINDS:  # a check across fields: its message starts with the field it blames
+        return f"{prefix}{message}"
+    got = error.get("input")
+    shown = "" if isinstance(got, (dict, Schedule)) or got is None else f" (got {got!r})"
+    return f"{where}: {message}{shown}"
+
+
+def from_spec(spec: Mapping[str, Any] | Schedule) -> Schedule:
+    """Build the schedule a spec describes; raise ``ScheduleError`` naming any bad field."""
+    if isinstance(spec, Schedule):
+        return spec
+    if not isinstance(spec, Mapping):
+        raise ScheduleError(f"schedule spec: expected a mapping with a 'kind', got {spec!r}")
+    try:
+        return _ADAPTER.validate_python(dict(spec))
+    except ValidationError as exc:
+        raise ScheduleError("; ".join(_describe(e) for e in exc.errors())) from None
+
+
+def as_schedule(value: Any) -> Schedule:
+    """A schedule from a spec, a schedule, or a plain number (a constant)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return from_spec({"kind": "constant", "value": float(value)})
+    return from_spec(value)
