@@ -1,0 +1,221 @@
+"""The sweep config: a YAML file validated before anything starts.
+
+Every mistake becomes a ``ConfigError`` whose one line names the file, the key path and what was
+expected; the CLI turns it into exit code 2 with nothing created on disk.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+import schedules
+from runner.space import DistributionError, check_space
+
+OPTIMIZER_HYPERPARAMS = ("learning_rate", "b1", "b2", "eps", "weight_decay", "momentum")
+
+
+class ConfigError(ValueError):
+    """A config mistake, already phrased as ``file: key.path: what was expected``."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class Objective(_Strict):
+    metric: str = Field(min_length=1)
+    direction: Literal["minimize", "maximize"] = "minimize"
+
+
+class Budget(_Strict):
+    steps: int = Field(ge=1)
+    report_every: int = Field(ge=1)
+    checkpoint_every: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _within_budget(self):
+        for key in ("report_every", "checkpoint_every"):
+            if getattr(self, key) > self.steps:
+                raise ValueError(f"{key}: expected at most steps ({self.steps}), "
+                                 f"got {getattr(self, key)}")
+        return self
+
+
+class Search(_Strict):
+    sampler: Literal["tpe", "random", "cmaes", "gp", "grid", "nsga2", "qmc"] = "tpe"
+    seed: Optional[int] = None
+    n_trials: int = Field(ge=1)
+    timeout: Optional[float] = Field(default=None, gt=0)
+
+
+class Pruner(_Strict):
+    kind: Literal["none", "median", "percentile", "successive_halving", "asha", "hyperband"] = "none"
+    n_startup_trials: int = Field(default=5, ge=0)
+    n_warmup_steps: int = Field(default=0, ge=0)
+    interval_steps: int = Field(default=1, ge=1)
+    percentile: float = Field(default=25.0, gt=0, lt=100)
+    min_resource: Union[int, Literal["auto"]] = "auto"
+    max_resource: Union[int, Literal["auto"]] = "auto"
+    reduction_factor: int = Field(default=3, ge=2)
+
+
+class Resources(_Strict):
+    cpu: float = Field(default=1.0, ge=0)
+    gpu: float = Field(default=0.0, ge=0)
+    custom: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_or_fraction(cls, gpu: float) -> float:
+        if gpu > 1 and gpu != int(gpu):
+            raise ValueError(f"expected a fraction below 1 or a whole number of GPUs, got {gpu}")
+        return gpu
+
+
+class SweepConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    trainable: str
+    objective: Union[Objective, list[Objective]]
+    budget: Budget
+    search: Search
+    pruner: Pruner = Field(default_factory=Pruner)
+    hyperparams: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    max_concurrent: int = Field(default=1, ge=1)
+    storage: Optional[str] = None
+    study_storage: Optional[str] = None
+    retries: int = Field(default=0, ge=0)
+    max_restarts: int = Field(default=3, ge=0)
+    seed: int = 0
+
+    @field_validator("trainable")
+    @classmethod
+    def _import_path(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            raise ValueError(f"expected 'package.module:function', got {value!r}")
+        return value
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if isinstance(value, list) and len(value) == 1:
+            return value[0]
+        return value
+
+    @field_validator("study_storage")
+    @classmethod
+    def _no_password_in_url(cls, url: Optional[str]) -> Optional[str]:
+        if url and re.match(r"^\w+(\+\w+)?://[^/@]*:[^/@]*@", url):
+            raise ValueError("expected no password in the URL; set it in the environment "
+                             "(SWEEP_DB_PASSWORD or PGPASSWORD)")
+        return url
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.objectives_count > 1 and self.pruner.kind != "none":
+            raise ValueError("pruner.kind: expected 'none' with several objectives "
+                             "(Optuna cannot prune multi-objective trials)")
+        if self.objectives_count > 1 and self.search.sampler == "cmaes":
+            raise ValueError("search.sampler: expected a multi-objective sampler (nsga2, tpe, "
+                             "random, gp, qmc, grid) with several objectives, got 'cmaes'")
+        return self
+
+    @property
+    def objectives(self) -> list[Objective]:
+        return self.objective if isinstance(self.objective, list) else [self.objective]
+
+    @property
+    def objectives_count(self) -> int:
+        return len(self.objectives)
+
+    def run_dir(self) -> str:
+        return self.storage or os.path.join("runs", self.name)
+
+
+def _format(error: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in error["loc"]  # drop pydantic's union-member labels
+                   if not re.match(r"^(function-|list\[|literal\[|[A-Z]\w*$)", str(p)))
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"{loc}: missing required key"
+    if error["type"] == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if error["type"] == "value_error" and re.match(r"^[\w.]+: ", message):
+        return f"{loc}.{message}" if loc else message  # a cross-field check names its own key
+    got = error.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    return f"{loc}: {message}{shown}" if loc else f"{message}{shown}"
+
+
+def parse_config(data: Any, source: str = "<config>") -> SweepConfig:
+    """Validate a loaded YAML document; every error names ``source`` and a key path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+    try:
+        config = SweepConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"{source}: {_format(first)}") from None
+    for section in ("hyperparams", "params"):
+        try:
+            check_space(getattr(config, section), section, schedule_keys=section == "hyperparams")
+        except (DistributionError, schedules.ScheduleError) as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    unknown = [k for k in config.hyperparams if k not in OPTIMIZER_HYPERPARAMS and not
+               re.fullmatch(r"[A-Za-z_]\w*(\.\d+)?", k)]
+    if unknown:
+        raise ConfigError(f"{source}: hyperparams.{unknown[0]}: expected an optimizer "
+                          f"hyperparameter ({', '.join(OPTIMIZER_HYPERPARAMS)}) or a param_group key")
+    return config
+
+
+def load_config(path: str | os.PathLike, *, check_trainable: bool = True) -> SweepConfig:
+    """Read and validate a sweep config file (and, by default, that its trainable imports)."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigError(f"{source}: {where}invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    config = parse_config(data, source)
+    if check_trainable:
+        try:
+            resolve_trainable(config.trainable)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: trainable: {exc}") from None
+    return config
+
+
+def resolve_trainable(path: str):
+    """Import ``package.module:function`` and return the function."""
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import module {module_name!r} ({exc})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"expected a function {attr!r} in module {module_name!r}")
+    return fn

@@ -1,0 +1,267 @@
+"""What a trainable sees: its sampled params and schedules, state declaration, step loop, reports.
+
+A trainable is ``def train(ctx: TrialContext) -> dict | None``. It declares its state once
+(``ctx.track`` for torch objects, ``ctx.track_pytree`` for a JAX pytree), loops over
+``ctx.steps()`` and calls ``ctx.report``. Checkpointing, restoring (RNG streams and data position
+included) and stopping for pruning are the runner's job, done here.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import numpy as np
+
+import schedules
+from runner.checkpoint import CheckpointStore
+
+SCHEDULE_FORMAT = "sweep.schedules/1"
+
+
+class TrialPruned(Exception):
+    """Raised inside the trainable when the pruner stops the trial; the runner catches it."""
+
+
+class TrialInterrupted(Exception):
+    """Raised at a step boundary after a checkpoint, when the trial is paused or handed over."""
+
+
+@dataclass
+class TrialTask:
+    """Everything a worker needs to run (or resume) one trial: plain data, sent over Ray."""
+
+    number: int
+    trainable: str
+    params: dict[str, Any]
+    schedule_specs: dict[str, dict]
+    steps: int
+    report_every: int
+    checkpoint_every: int
+    seed: int
+    checkpoint_root: str
+    objective_metrics: list[str]
+    wait_for_pruning: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+    keep_last: int = 2
+
+
+def derive_seed(sweep_seed: int, number: int) -> int:
+    """A trial's seed, a pure function of the sweep seed and the trial number."""
+    return int(np.random.SeedSequence([sweep_seed, number]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
+
+
+def capture_rng() -> dict[str, Any]:
+    """The global RNG streams a trainable may draw from: Python, NumPy, torch CPU and CUDA."""
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state()}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        state["torch"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    random.setstate(_as_tuples(state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss),
+                         float(cached)))
+    torch = sys.modules.get("torch")
+    if torch is not None and "torch" in state:
+        torch.set_rng_state(_cpu_tensor(state["torch"]))
+        if "torch_cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([_cpu_tensor(s) for s in state["torch_cuda"]])
+
+
+def _cpu_tensor(value):
+    return value.cpu() if hasattr(value, "cpu") else value
+
+
+def _as_tuples(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_tuples(v) for v in value)
+    return value
+
+
+class TrialContext:
+    """The trainable's handle on its trial. Thread-confined: the worker runs one trial at a time."""
+
+    def __init__(self, task: TrialTask, emit: Callable[[dict], Optional[bool]],
+                 control: "Control") -> None:
+        self.task = task
+        self.number = task.number
+        self.params: dict[str, Any] = dict(task.params)
+        self.schedules: dict[str, schedules.Schedule] = {
+            name: schedules.from_spec(spec) for name, spec in task.schedule_specs.items()}
+        self.seed = task.seed
+        self.extras: dict[str, Any] = {}
+        self.start_step = 0
+        self._emit = emit
+        self._control = control
+        self._objects: dict[str, Any] = {}
+        self._pytree: Optional[Callable[[], Any]] = None
+        self._store = CheckpointStore(task.checkpoint_root, keep_last=task.keep_last)
+        self._restored = None
+        self._last_values: dict[str, float] = {}
+        seed_everything(task.seed)
+        self._restored = self._store.latest()
+        if self._restored is not None:
+            self.start_step = int(self._restored.state["position"]["step"])
+            self.extras = dict(self._restored.state.get("extras") or {})
+            self._check_specs(self._restored.metadata)
+
+    @property
+    def steps_total(self) -> int:
+        return self.task.steps
+
+    @property
+    def report_every(self) -> int:
+        return self.task.report_every
+
+    @property
+    def device(self) -> str:
+        torch = sys.modules.get("torch")
+        return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+
+    def _check_specs(self, metadata: Mapping[str, Any]) -> None:
+        saved = metadata.get("schedule_specs")
+        if saved is not None and saved != self.task.schedule_specs:
+            changed = sorted(k for k in set(saved) | set(self.task.schedule_specs)
+                             if saved.get(k) != self.task.schedule_specs.get(k))
+            raise schedules.ScheduleError(
+                f"trial {self.number}: the checkpoint's schedule for {', '.join(changed)} differs "
+                f"from the one this resume would run; refusing to resume with a changed schedule")
+
+    # --- state declaration -------------------------------------------------------------------
+
+    def track(self, **objects: Any) -> None:
+        """Declare torch-style objects (``state_dict``/``load_state_dict``); restore them if resuming.
+
+        Pass them in construction order (model, optimizer, scheduler): the scheduler is the source
+        of truth for scheduled hyperparameters whatever order the states are loaded in.
+        """
+        self._objects.update(objects)
+        if self._restored is not None:
+            saved = self._restored.state["objects"]
+            for name, obj in objects.items():
+                if name not in saved:
+                    raise KeyError(f"trial {self.number}: checkpoint has no state for {name!r}")
+                obj.load_state_dict(saved[name])  # torch moves tensors to the params' device
+            restore_rng(self._restored.state["rng"])
+
+    def track_pytree(self, initial: Any, current: Callable[[], Any]) -> Any:
+        """Declare a JAX pytree: ``current()`` returns it at checkpoint time.
+
+        Returns the restored pytree when resuming (rebuilt into ``initial``'s structure, so optax
+        states keep their types), else ``initial``.
+        """
+        self._pytree = current
+        if self._restored is None:
+            return initial
+        restored = self._store.load(self.start_step, like={"pytree": initial})
+        restore_rng(self._restored.state["rng"])
+        return restored.state["pytree"]
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def steps(self) -> Iterator[int]:
+        """Update indices from the resume point to the budget; checkpoints between them."""
+        every = self.task.checkpoint_every
+        for step in range(self.start_step, self.task.steps):
+            yield step
+            done = step + 1
+            interrupt = self._control.interrupt_requested(self.number)
+            if done < self.task.steps and (done % every == 0 or interrupt):
+                self.checkpoint(done)
+            if interrupt and done < self.task.steps:
+                raise TrialInterrupted(interrupt)
+
+    def report_due(self, step: int) -> bool:
+        """True after the update that closes a report interval (or the last update)."""
+        done = step + 1
+        return done % self.task.report_every == 0 or done == self.task.steps
+
+    def report(self, step: int, **metrics: float) -> None:
+        """Record metrics at ``step`` (updates done); raises TrialPruned if the pruner says so."""
+        values = {k: float(v) for k, v in metrics.items()}
+        event = {"type": "report", "step": int(step), "metrics": values, "time": time.time(),
+                 "hyperparams": self._applied()}
+        self._last_values.update(values)
+        prune = self._emit(event)
+        if prune:
+            raise TrialPruned(f"pruned at step {step}")
+
+    def checkpoint(self, step: int) -> None:
+        state = {"position": {"step": step}, "rng": capture_rng(), "extras": self.extras,
+                 "objects": {n: o.state_dict() for n, o in self._objects.items()}}
+        if self._pytree is not None:
+            tree = self._pytree()
+            state["pytree"] = tree
+            records = self._optax_records(tree)
+            if records is not None:
+                state["schedules"] = records
+        metadata = dict(self.task.metadata, trial=self.number, step=step,
+                        schedule_specs=self.task.schedule_specs, params=self.task.params,
+                        device=self.device)
+        uri = self._store.save(step, state, metadata)
+        self._emit({"type": "checkpoint", "step": step, "uri": uri})
+
+    def final_values(self) -> dict[str, float]:
+        return dict(self._last_values)
+
+    # --- applied hyperparameters -------------------------------------------------------------
+
+    def _records(self) -> list[dict]:
+        for obj in self._objects.values():
+            if hasattr(obj, "state_dict") and type(obj).__module__ == "schedules.torch":
+                return obj.state_dict()["hyperparams"]
+        if self._pytree is not None:
+            records = self._optax_records(self._pytree())
+            if records is not None:
+                return records["hyperparams"]
+        return []
+
+    def _applied(self) -> dict[str, float]:
+        applied = {}
+        for record in self._records():
+            name = record["name"] if record["group"] == 0 else f"{record['name']}.{record['group']}"
+            applied[name] = float(record["value"])
+        return applied
+
+    def _optax_records(self, tree: Any) -> Optional[dict]:
+        if "schedules.optax" not in sys.modules and "optax" not in sys.modules:
+            return None
+        from schedules.optax import schedule_records
+
+        try:
+            return schedule_records(tree, self.schedules)
+        except LookupError:
+            return None
+
+
+class Control:
+    """Commands from the driver (pause, hand over) that a running trial picks up between steps."""
+
+    def __init__(self) -> None:
+        self._interrupts: dict[int, str] = {}
+
+    def request_interrupt(self, number: int, reason: str) -> None:
+        self._interrupts[number] = reason
+
+    def interrupt_requested(self, number: int) -> Optional[str]:
+        return self._interrupts.get(number)
+
+    def clear(self, number: int) -> None:
+        self._interrupts.pop(number, None)

@@ -1,0 +1,40 @@
+"""Connecting to Ray: a local instance on loopback by default, or a cluster by address."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+
+def _code_path() -> str:
+    """The driver's import path for the workers, so a trainable in the current directory imports."""
+    entries = [os.getcwd()] + [p for p in sys.path if p and os.path.isdir(p)]
+    return os.pathsep.join(dict.fromkeys(entries))
+
+
+@contextmanager
+def ray_session(address: Optional[str] = None) -> Iterator[None]:
+    """Start (and later stop) a local Ray on 127.0.0.1 with no dashboard, or join ``address``.
+
+    An already initialised Ray (a test session, a notebook) is used as it is and left running.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    common = {"include_dashboard": False, "logging_level": logging.WARNING,
+              "configure_logging": True, "log_to_driver": True}
+    if address is None:
+        ray.init(_node_ip_address="127.0.0.1",
+                 runtime_env={"env_vars": {"PYTHONPATH": _code_path()}}, **common)
+    else:
+        ray.init(address=address, runtime_env={"working_dir": os.getcwd(),
+                                               "excludes": ["runs/", ".venv/", ".git/"]}, **common)
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -1,0 +1,118 @@
+"""The Optuna side: storage, sampler and pruner built from the config, and the worker's resources."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import optuna
+
+from runner.config import SweepConfig
+from runner.space import grid_space
+
+PASSWORD_VARIABLES = ("SWEEP_DB_PASSWORD", "PGPASSWORD")
+
+
+def storage_url(url: str) -> str:
+    """The RDB URL with the password taken from the environment (never from the config file)."""
+    password = next((os.environ[v] for v in PASSWORD_VARIABLES if os.environ.get(v)), None)
+    parts = urlsplit(url)
+    if password is None or not parts.username or parts.password:
+        return url
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    netloc = f"{quote(parts.username)}:{quote(password)}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def storage(config: SweepConfig):
+    if config.study_storage:
+        return optuna.storages.RDBStorage(storage_url(config.study_storage),
+                                          engine_kwargs={"pool_pre_ping": True})
+    run_dir = config.run_dir()
+    if "://" in run_dir:
+        raise ValueError("study_storage: expected an RDB URL when storage is not a local path "
+                         "(the default journal file needs a local run dir)")
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "study.journal")
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+
+
+def sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
+    seed = config.search.seed
+    kind = config.search.sampler
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                          constant_liar=config.max_concurrent > 1)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if kind == "gp":
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if kind == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False,
+                                          warn_asynchronous_seeding=False)
+    space = {**grid_space(config.hyperparams, "hyperparams"), **grid_space(config.params, "params")}
+    return optuna.samplers.GridSampler(space, seed=seed)
+
+
+def pruner(config: SweepConfig) -> optuna.pruners.BasePruner:
+    p = config.pruner
+    if p.kind == "none":
+        return optuna.pruners.NopPruner()
+    if p.kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials,
+                                           n_warmup_steps=p.n_warmup_steps,
+                                           interval_steps=p.interval_steps)
+    if p.kind == "percentile":
+        return optuna.pruners.PercentilePruner(p.percentile, n_startup_trials=p.n_startup_trials,
+                                               n_warmup_steps=p.n_warmup_steps,
+                                               interval_steps=p.interval_steps)
+    if p.kind in ("successive_halving", "asha"):
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource,
+                                                      reduction_factor=p.reduction_factor)
+    max_resource = config.budget.steps if p.max_resource == "auto" else p.max_resource
+    min_resource = 1 if p.min_resource == "auto" else p.min_resource
+    return optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=max_resource,
+                                          reduction_factor=p.reduction_factor)
+
+
+def open_study(config: SweepConfig) -> optuna.Study:
+    directions = [o.direction for o in config.objectives]
+    return optuna.create_study(
+        study_name=config.name, storage=storage(config), sampler=sampler(config),
+        pruner=pruner(config), load_if_exists=True,
+        **({"directions": directions} if len(directions) > 1 else {"direction": directions[0]}))
+
+
+def worker_class(config: SweepConfig):
+    """The TrialWorker actor class with the per-trial resources of the config."""
+    import ray
+
+    from runner.worker import TrialWorker
+
+    r = config.resources
+    return ray.remote(TrialWorker).options(num_cpus=r.cpu, num_gpus=r.gpu, resources=r.custom,
+                                          max_concurrency=4, max_restarts=0)
+
+
+def check_unchanged(config: SweepConfig, frozen: optuna.trial.FrozenTrial, specs: dict) -> None:
+    """Refuse to resume a trial whose schedules the (edited) config would now build differently."""
+    from runner.space import realize
+
+    fixed = optuna.trial.FixedTrial(frozen.params, number=frozen.number)
+    try:
+        _, now = realize(config.hyperparams, config.params, fixed)
+    except ValueError as exc:
+        raise ResumeError(f"trial {frozen.number}: the config no longer fits this trial ({exc})")
+    if now != specs:
+        changed = sorted(k for k in set(now) | set(specs) if now.get(k) != specs.get(k))
+        raise ResumeError(f"trial {frozen.number}: the config changed the schedule of "
+                          f"{', '.join(changed)}; refusing to resume it with a different schedule "
+                          f"(restore the config or start a new sweep name)")
+
+
+class ResumeError(RuntimeError):
+    """A resume would not continue the same trial; the message says why."""

@@ -1,0 +1,23 @@
+"""Shared fixtures: one local Ray on loopback for the whole session, tiny configs."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray instance on 127.0.0.1, shared by every test that needs one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=4,
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([REPO] + sys.path)}},
+                 logging_level="WARNING")
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,36 @@
+"""Tiny trainables for the runner tests: fast, deterministic, each showing one behaviour."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+
+from runner.context import TrialContext
+
+
+def quadratic(ctx: TrialContext) -> None:
+    """Loss decays towards (log10(peak lr) + 2)^2: trials far from 1e-2 are clearly worse."""
+    peak = float(ctx.schedules["learning_rate"].values(0, ctx.steps_total).max())
+    target = (math.log10(peak) + 2.0) ** 2
+    for step in ctx.steps():
+        if ctx.report_due(step):
+            loss = target + 1.0 / (step + 1) + 1e-3 * random.random()
+            ctx.report(step + 1, loss=loss)
+
+
+def flaky(ctx: TrialContext) -> None:
+    """Fails when the sampled 'explode' param is true, otherwise behaves like quadratic."""
+    if ctx.params["explode"]:
+        raise RuntimeError("the loss exploded")
+    quadratic(ctx)
+
+
+def counting(ctx: TrialContext) -> None:
+    """Reports a deterministic function of the trial's RNG streams and schedule values."""
+    total = 0.0
+    for step in ctx.steps():
+        total += np.random.random() + random.random() + ctx.schedules["learning_rate"](step)
+        if ctx.report_due(step):
+            ctx.report(step + 1, loss=total / (step + 1))
