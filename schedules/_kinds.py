@@ -82,6 +82,9 @@ def _exponential(step, xp, init_value, transition_steps, decay_rate, transition_
     p = decreased / transition_steps
     if staircase:
         p = xp.floor(p)
+    if decay_rate > 1.0:  # growth: stop the exponent just past end_value so it never overflows
+        crossing = 0.0 if init_value == 0 else math.log(abs(end_value / init_value)) / math.log(decay_rate)
+        p = xp.minimum(p, max(crossing, 0.0) + 1.0)
     decayed = xp.where(decreased <= 0, init_value, init_value * xp.power(decay_rate, p))
     if end_value is not None:
         decayed = (xp.maximum if decay_rate < 1.0 else xp.minimum)(decayed, end_value)
@@ -200,6 +203,13 @@ class ExponentialDecay(Schedule):
     staircase: bool = False
     end_value: Optional[float] = None
 
+    @model_validator(mode="after")
+    def _bounded_growth(self):
+        if self.decay_rate > 1.0 and (self.end_value is None or self.end_value == 0.0):
+            raise ValueError("end_value: expected a non-zero upper bound when decay_rate > 1 "
+                             "(an unbounded exponential growth overflows)")
+        return self
+
     def value(self, step, xp=np):
         return _exponential(step, xp, self.init_value, self.transition_steps, self.decay_rate,
                             self.transition_begin, self.staircase, self.end_value)
@@ -273,6 +283,13 @@ class WarmupExponentialDecay(Schedule):
     transition_begin: Steps = 0
     staircase: bool = False
     end_value: Optional[float] = None
+
+    @model_validator(mode="after")
+    def _bounded_growth(self):
+        if self.decay_rate > 1.0 and (self.end_value is None or self.end_value == 0.0):
+            raise ValueError("end_value: expected a non-zero upper bound when decay_rate > 1 "
+                             "(an unbounded exponential growth overflows)")
+        return self
 
     def value(self, step, xp=np):
         warm = _polynomial(step, xp, self.init_value, self.peak_value, 1, self.warmup_steps, 0)
@@ -375,7 +392,7 @@ class Cyclic(Schedule):
     step_size_up: PositiveSteps
     step_size_down: Optional[PositiveSteps] = None
     mode: Literal["triangular", "triangular2", "exp_range"] = "triangular"
-    gamma: Positive = 1.0
+    gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
 
     def value(self, step, xp=np):
         up = float(self.step_size_up)
