@@ -15,12 +15,23 @@ def _code_path() -> str:
     return os.pathsep.join(dict.fromkeys(entries))
 
 
+def advertise_loopback() -> None:
+    """Make a single-host Ray advertise 127.0.0.1 instead of the first routable address.
+
+    Ray resolves ``_node_ip_address="127.0.0.1"`` to a routable IP unless cluster mode is off, and
+    reads that switch when ``ray`` is first imported: call this before importing ray.
+    """
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 @contextmanager
 def ray_session(address: Optional[str] = None) -> Iterator[None]:
     """Start (and later stop) a local Ray on 127.0.0.1 with no dashboard, or join ``address``.
 
     An already initialised Ray (a test session, a notebook) is used as it is and left running.
     """
+    if address is None:
+        advertise_loopback()
     import ray
 
     if ray.is_initialized():

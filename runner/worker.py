@@ -7,6 +7,7 @@ unless a pruner must answer them, in which case the trainable waits for ``decide
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -33,6 +34,7 @@ class TrialWorker:
 
         context = ray.get_runtime_context()
         return {"node_id": context.get_node_id(), "ip": ray.util.get_node_ip_address(),
+                "pid": os.getpid(),
                 "accelerators": context.get_accelerator_ids()}
 
     def decide(self, number: int, prune: bool) -> None:

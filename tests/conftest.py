@@ -7,6 +7,9 @@ import sys
 
 import pytest
 
+from runner.ray_init import advertise_loopback
+
+advertise_loopback()  # before anything imports ray: the test Ray talks over 127.0.0.1 only
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
