@@ -43,6 +43,17 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir")
     export.add_argument("--format", choices=("parquet", "csv"), default="parquet")
     export.add_argument("--out", help="output directory (default: RUN_DIR/export)")
+    pause = commands.add_parser("pause", help="checkpoint a trial and free its resources")
+    pause.add_argument("run_dir")
+    pause.add_argument("trial", type=int)
+    resume = commands.add_parser("resume", help="continue a stopped sweep, or a paused trial")
+    resume.add_argument("run_dir")
+    resume.add_argument("trial", type=int, nargs="?")
+    resume.add_argument("--address", help="Ray cluster for a stopped sweep (default: local)")
+    migrate = commands.add_parser("migrate", help="move a trial to another node via a checkpoint")
+    migrate.add_argument("run_dir")
+    migrate.add_argument("trial", type=int)
+    migrate.add_argument("--to", help="node id (or prefix) or node IP (default: any other node)")
     plot = commands.add_parser("plot", help="PNG plots: history, curves, best schedules")
     plot.add_argument("run_dir")
     plot.add_argument("--out", help="output directory (default: RUN_DIR/plots)")
@@ -72,38 +83,100 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         config = config.model_copy(update={"max_concurrent": args.max_concurrent})
     if args.dry_run:
         return _dry_run(config, console)
+    return _execute(config, args.address, console, config_text=_read_text(args.config))
+
+
+def _execute(config: SweepConfig, address: Optional[str], console: Console,
+             config_text: Optional[str] = None) -> int:
+    """Run (or continue) a sweep on Ray; print the table, write best.json and the plots."""
     from runner.driver import Sweep
+    from runner.plots import plot_run
     from runner.progress import Progress
     from runner.ray_init import ray_session
+    from runner.report import print_summary, write_best
     from runner.study import ResumeError
 
     objective = config.objectives[0]
     try:
-        with ray_session(args.address):
-            _save_config(config, args.config)
+        with ray_session(address):
+            if config_text is not None:
+                _save_config(config, config_text)
             with Progress(config.search.n_trials, objective.metric, objective.direction) as progress:
-                summary = Sweep(config, on_event=progress).run()
+                sweep = Sweep(config, on_event=progress)
+                summary = sweep.run()
     except ResumeError as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from runner.report import print_summary, write_best
-
     print_summary(console, config.run_dir())
+    if sweep.stop_requested:
+        console.print(f"stopped; continue with: sweep resume {config.run_dir()}", highlight=False)
+        return EXIT_OK
     write_best(config.run_dir(), summary.best)
-    from runner.plots import plot_run
-
     plot_run(config.run_dir(), os.path.join(config.run_dir(), "plots"))
     console.print(f"run dir: {config.run_dir()}", highlight=False)
     return EXIT_OK if summary.counts.get("COMPLETE") else EXIT_RUNTIME
 
 
-def _save_config(config: SweepConfig, path: str) -> None:
+def _read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _pause(args: argparse.Namespace, console: Console) -> int:
+    from runner.control import ControlChannel
+
+    channel = ControlChannel(_run_dir(args.run_dir))
+    if channel.driver_alive():
+        channel.request("pause", args.trial)
+        console.print(f"trial {args.trial}: pause requested from the running sweep", highlight=False)
+    else:
+        channel.set_paused(channel.paused() | {args.trial})
+        console.print(f"trial {args.trial}: paused (the sweep is stopped)", highlight=False)
+    return EXIT_OK
+
+
+def _migrate(args: argparse.Namespace, console: Console) -> int:
+    from runner.control import ControlChannel
+
+    channel = ControlChannel(_run_dir(args.run_dir))
+    channel.request("migrate", args.trial, to=args.to)
+    live = "from the running sweep" if channel.driver_alive() else "for when the sweep resumes"
+    console.print(f"trial {args.trial}: migration requested {live}", highlight=False)
+    return EXIT_OK
+
+
+def _resume(args: argparse.Namespace, console: Console) -> int:
+    from runner.config import parse_config
+    from runner.control import ControlChannel
+
+    run_dir = _run_dir(args.run_dir)
+    channel = ControlChannel(run_dir)
+    if channel.driver_alive():
+        if args.trial is None:
+            raise UsageError(f"{run_dir}: the sweep is running; name the paused TRIAL to resume")
+        channel.request("resume", args.trial)
+        console.print(f"trial {args.trial}: resume requested from the running sweep", highlight=False)
+        return EXIT_OK
+    paused = channel.paused()
+    channel.set_paused(set() if args.trial is None else paused - {args.trial})
+    import yaml
+
+    source = os.path.join(run_dir, "config.yaml")
+    try:
+        data = yaml.safe_load(_read_text(source))
+    except FileNotFoundError:
+        raise UsageError(f"{run_dir}: not a run dir (no config.yaml)") from None
+    config = parse_config({**data, "storage": run_dir}, source)
+    return _execute(config, args.address, console)
+
+
+def _save_config(config: SweepConfig, text: str) -> None:
     from runner.records import filesystem
 
     fs, root = filesystem(config.run_dir())
     fs.create_dir(root, recursive=True)
-    with open(path, "rb") as source, fs.open_output_stream(f"{root}/config.yaml") as sink:
-        sink.write(source.read())
+    with fs.open_output_stream(f"{root}/config.yaml") as sink:
+        sink.write(text.encode())
 
 
 def _dry_run(config: SweepConfig, console: Console) -> int:
@@ -174,7 +247,8 @@ def _plot(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": _run, "status": _status, "show": _show, "export": _export, "plot": _plot}
+COMMANDS = {"run": _run, "status": _status, "show": _show, "export": _export, "plot": _plot,
+            "pause": _pause, "resume": _resume, "migrate": _migrate}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -256,12 +256,17 @@ class Control:
 
     def __init__(self) -> None:
         self._interrupts: dict[int, str] = {}
+        self._preempted = False
 
     def request_interrupt(self, number: int, reason: str) -> None:
         self._interrupts[number] = reason
 
+    def preempt(self) -> None:
+        """The whole process is going away: every trial hands over at its next step."""
+        self._preempted = True
+
     def interrupt_requested(self, number: int) -> Optional[str]:
-        return self._interrupts.get(number)
+        return "preempted" if self._preempted else self._interrupts.get(number)
 
     def clear(self, number: int) -> None:
         self._interrupts.pop(number, None)

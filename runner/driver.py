@@ -8,10 +8,10 @@ trial number; running trials of an interrupted sweep are picked up the same way 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
+import signal
+import uuid
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,13 +21,16 @@ import optuna
 from optuna.trial import TrialState
 
 from runner import study as study_lib
-from runner.config import OPTIMIZER_HYPERPARAMS, SweepConfig
+from runner.config import SweepConfig
+from runner.control import ControlChannel
 from runner.context import TrialTask, derive_seed
 from runner.records import RunRecords, history_rows, to_json
 from runner.space import realize
 from runner.worker import TrialWorker, task_payload
 
 log = logging.getLogger("sweep")
+HEARTBEAT_SECONDS = 10.0
+HEARTBEAT_STALE_SECONDS = 60.0  # a driver silent this long is gone: its trials are resumed
 
 
 @dataclass
@@ -48,6 +51,8 @@ class RunningTrial:
     reported_steps: set = field(default_factory=set)
     last_metrics: dict = field(default_factory=dict)
     applied: dict = field(default_factory=dict)
+    node_id: str = ""
+    lost_at: Optional[float] = None
 
 
 @dataclass
@@ -75,6 +80,13 @@ class Sweep:
         self.objectives = [o.metric for o in config.objectives]
         self.pruning = config.pruner.kind != "none"
         self.stop_requested = False
+        self.exhausted = False
+        self.control = ControlChannel(self.run_dir)
+        self.paused: set[int] = self.control.paused()
+        self.placement: dict[int, Optional[str]] = {}  # trial -> node to resume it on (migrate)
+        self.driver_id = uuid.uuid4().hex[:12]
+        self.dead_drivers: set[str] = set()
+        self._last_heartbeat = float("-inf")
 
     # --- trial lifecycle ---------------------------------------------------------------------
 
@@ -92,7 +104,10 @@ class Sweep:
             objective_metrics=self.objectives, wait_for_pruning=self.pruning,
             metadata={"sweep": self.config.name})
 
-    def _worker(self):
+    def _worker(self, number: Optional[int] = None):
+        """A pooled worker, or a fresh one where the trial must go to (or leave) a given node."""
+        if number in self.placement:
+            return study_lib.placed_worker(self.worker_cls, self.placement.pop(number))
         return self.idle.pop() if self.idle else self.worker_cls.remote()
 
     def _launch(self, run: RunningTrial) -> None:
@@ -100,10 +115,15 @@ class Sweep:
         self.running[run.stream] = run
 
     def _start_new(self) -> bool:
-        trial = self.study.ask()
+        with study_lib.ask_lock(self.study, self.run_dir):
+            if len(self.study.get_trials(deepcopy=False)) >= self.config.search.n_trials:
+                self.exhausted = True
+                return False
+            trial = self.study.ask()
         params, specs = realize(self.config.hyperparams, self.config.params, trial)
         trial.set_user_attr("params", params)
         trial.set_user_attr("schedule_specs", specs)
+        trial.set_user_attr("driver", self.driver_id)
         run = RunningTrial(trial=trial, task=self._task(trial, params, specs),
                            worker=self._worker(), stream=None)
         self._launch(run)
@@ -112,32 +132,86 @@ class Sweep:
 
     def _resume_orphans(self) -> None:
         """Running trials left by a previous driver continue from their checkpoints."""
-        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            specs = frozen.user_attrs.get("schedule_specs")
-            params = frozen.user_attrs.get("params")
-            if specs is None or params is None:
-                self.study.tell(frozen.number, state=TrialState.FAIL)
-                continue
-            study_lib.check_unchanged(self.config, frozen, specs)
-            trial = optuna.Trial(self.study, frozen._trial_id)
-            run = RunningTrial(trial=trial, task=self._task(trial, params, specs),
-                               worker=self._worker(), stream=None)
-            run.reported_steps = set(frozen.intermediate_values)
-            previous = self.records.read_trial("history", frozen.number).to_pylist()
-            run.reports = _reports_from_rows(previous)
-            self._launch(run)
-            self.on_event("resumed", {"number": frozen.number})
+        for request in self.control.take():
+            self._apply(request)
+        for frozen in self._orphans():
+            self._resume(frozen)
 
-    def _finished_count(self) -> int:
-        done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        return len(self.study.get_trials(deepcopy=False, states=done))
+    def _resume(self, frozen: optuna.trial.FrozenTrial) -> None:
+        specs = frozen.user_attrs.get("schedule_specs")
+        params = frozen.user_attrs.get("params")
+        if specs is None or params is None:  # asked but never launched: nothing to resume
+            self.study.tell(frozen.number, state=TrialState.FAIL)
+            return
+        study_lib.check_unchanged(self.config, frozen, specs)
+        trial = optuna.Trial(self.study, frozen._trial_id)
+        trial.set_user_attr("driver", self.driver_id)
+        run = RunningTrial(trial=trial, task=self._task(trial, params, specs),
+                           worker=self._worker(frozen.number), stream=None)
+        run.reported_steps = set(frozen.intermediate_values)
+        run.reports = _reports_from_rows(
+            self.records.read_trial("history", frozen.number).to_pylist(),
+            self.records.read_trial("applied", frozen.number).to_pylist())
+        run.restarts = int(frozen.user_attrs.get("restarts", 0))
+        run.restart_log = list(frozen.user_attrs.get("restart_log", []))
+        self._launch(run)
+        self.on_event("resumed", {"number": frozen.number})
+
+    def _in_flight(self, number: int) -> Optional[RunningTrial]:
+        return next((r for r in self.running.values() if r.task.number == number), None)
+
+    # --- control requests (pause, resume, migrate) -------------------------------------------
+
+    def _apply(self, request: dict) -> None:
+        number, action = int(request["trial"]), request["action"]
+        run = self._in_flight(number)
+        if action == "pause":
+            if run is not None:
+                run.worker.interrupt.remote(number, "paused")
+            self.paused.add(number)
+        elif action == "resume":
+            self.paused.discard(number)
+        elif action == "migrate":
+            target = request.get("to")
+            self.placement[number] = {"node": target, "soft": False} if target else None
+            if run is not None:
+                run.worker.interrupt.remote(number, "migrate")
+        self.control.set_paused(self.paused)
+        self.on_event("control", {"number": number, "action": action})
+
+    def _poll_controls(self) -> None:
+        for request in self.control.take():
+            self._apply(request)
+        now = time.monotonic()
+        if now - self._last_heartbeat >= HEARTBEAT_SECONDS:
+            self._last_heartbeat = now
+            self.study.set_user_attr(f"heartbeat:{self.driver_id}", time.time())
+        if not self.stop_requested and len(self.running) < self.max_concurrent:
+            for frozen in self._orphans():
+                if len(self.running) >= self.max_concurrent:
+                    break
+                self._resume(frozen)
+
+    def _orphans(self) -> list[optuna.trial.FrozenTrial]:
+        """RUNNING trials that no live driver runs: ours waiting for a worker, or a dead driver's."""
+        attrs = self.study.user_attrs
+        stale = time.time() - HEARTBEAT_STALE_SECONDS
+        orphans = []
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.number in self.paused or self._in_flight(frozen.number) is not None:
+                continue
+            owner = frozen.user_attrs.get("driver")
+            if owner == self.driver_id or owner in self.dead_drivers \
+                    or attrs.get(f"heartbeat:{owner}", 0) < stale:
+                orphans.append(frozen)
+        return orphans
 
     def _can_start(self) -> bool:
         if self.stop_requested or len(self.running) >= self.max_concurrent:
             return False
         if self.deadline is not None and time.monotonic() >= self.deadline:
             return False
-        return self._finished_count() + len(self.running) < self.config.search.n_trials
+        return not self.exhausted
 
     # --- events ------------------------------------------------------------------------------
 
@@ -145,8 +219,14 @@ class Sweep:
         """Apply one event; True when the trial is over."""
         kind = event["type"]
         if kind == "started":
-            run.node = event.get("ip", "")
+            previous = run.node
+            run.node, run.node_id = event.get("ip", ""), event.get("node_id", "")
             run.step = event["step"]
+            if run.restart_log and run.restart_log[-1].get("to_node") is None:
+                run.restart_log[-1]["to_node"] = run.node_id
+            self.on_event("placed", {"number": run.task.number, "node_id": run.node_id,
+                                     "pid": event.get("pid"), "step": event["step"],
+                                     "previous": previous, "lost_at": run.lost_at})
         elif kind == "report":
             self._report(run, event)
         elif kind == "checkpoint":
@@ -191,17 +271,49 @@ class Sweep:
             self.study.tell(run.trial, state=TrialState.PRUNED)
             state = "PRUNED"
         elif kind == "interrupted":
-            state = "PAUSED"
+            state = "PAUSED" if event["reason"] == "paused" else "HANDOVER"
+            if state == "PAUSED":
+                self._record_restart(run, "paused")
         else:
             run.trial.set_user_attr("error", event["error"])
             run.trial.set_user_attr("traceback", event["traceback"][-8000:])
             self.study.tell(run.trial, state=TrialState.FAIL)
             state = "FAIL"
         self._write_history(run)
-        if state != "PAUSED":
+        if state not in ("PAUSED", "HANDOVER"):
             self._write_trial(run, state, event)
+        if event.get("reason") == "preempted":  # its process got SIGTERM: let it go
+            import ray
+
+            ray.kill(run.worker, no_restart=True)
+            self._handover(run)
+            return
         self.idle.append(run.worker)
+        if event.get("reason") == "migrate":
+            self._handover(run)
+            return
         self.on_event("finished", {"number": number, "state": state, "event": event})
+
+    def _handover(self, run: RunningTrial) -> None:
+        """Continue a trial that stopped at a checkpoint (SIGTERM, migrate) on another worker."""
+        if self.stop_requested:
+            return
+        self._record_restart(run, "handover")
+        if self.placement.get(run.task.number) is None:  # leave the node it was on
+            self.placement[run.task.number] = study_lib.other_node(run.node_id)
+        run.worker = self._worker(run.task.number)
+        self._launch(run)
+        self.on_event("restarted", {"number": run.task.number, "from_step": run.checkpoint_step})
+
+    def _record_restart(self, run: RunningTrial, reason: str) -> None:
+        run.restarts += 1
+        run.lost_at = time.time()
+        run.restart_log.append({"time": run.lost_at, "from_node": run.node_id,
+                                "from_step": run.checkpoint_step, "reason": reason,
+                                "to_node": None})
+        run.reports = [r for r in run.reports if r["step"] <= run.checkpoint_step]
+        run.trial.set_user_attr("restarts", run.restarts)
+        run.trial.set_user_attr("restart_log", run.restart_log)
 
     def _write_history(self, run: RunningTrial) -> None:
         metrics, applied = history_rows(run.task.number, run.reports)
@@ -223,26 +335,64 @@ class Sweep:
 
     def _lost(self, run: RunningTrial, error: BaseException) -> None:
         """The worker process or its node died: restart the trial from its checkpoint elsewhere."""
-        number = run.task.number
         if run.restarts >= self.config.max_restarts:
             self._finish(run, {"type": "failed", "error": f"worker lost {run.restarts + 1} times; "
                                f"last: {type(error).__name__}", "traceback": str(error)})
             self.idle.remove(run.worker)
             return
-        run.restarts += 1
-        run.restart_log.append({"time": time.time(), "from_node": run.node,
-                                "from_step": run.checkpoint_step, "reason": type(error).__name__})
-        run.reports = [r for r in run.reports if r["step"] <= run.checkpoint_step]
+        self._record_restart(run, type(error).__name__)
         run.worker = self.worker_cls.remote()
         self._launch(run)
-        self.on_event("restarted", {"number": number, "from_step": run.checkpoint_step})
+        self.on_event("restarted", {"number": run.task.number, "from_step": run.checkpoint_step})
 
     # --- main loop ---------------------------------------------------------------------------
 
+    def stop(self) -> None:
+        """Checkpoint every running trial at its next step and stop; the sweep stays resumable."""
+        self.stop_requested = True
+        for run in self.running.values():
+            run.worker.interrupt.remote(run.task.number, "stopped")
+
     def run(self) -> SweepSummary:
+        previous_driver = self.control.dead_driver()
+        if previous_driver:
+            self.dead_drivers.add(previous_driver)
+        if self.control.driver_alive():
+            raise study_lib.ResumeError(f"{self.run_dir}: another sweep process drives this run "
+                                        f"dir; use sweep pause/resume/migrate to steer it")
+        self.control.claim_driver(self.driver_id)
+        self._beat()
+        previous = self._install_interrupt_handler()
+        try:
+            self._resume_orphans()
+            self._loop()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            self.study.set_user_attr(f"heartbeat:{self.driver_id}", 0.0)  # gone: trials up for grabs
+            self.control.release_driver()
+        return self.summary()
+
+    def _beat(self) -> None:
+        self._last_heartbeat = time.monotonic()
+        self.study.set_user_attr(f"heartbeat:{self.driver_id}", time.time())
+
+    def _install_interrupt_handler(self):
+        """First Ctrl-C: checkpoint and stop cleanly. Second: stop at once (still resumable)."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def on_interrupt(signum, frame):
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.on_event("stopping", {})
+            self.stop()
+
+        return signal.signal(signal.SIGINT, on_interrupt)
+
+    def _loop(self) -> None:
         import ray
 
-        self._resume_orphans()
         while True:
             while self._can_start():
                 self._start_new()
@@ -251,21 +401,23 @@ class Sweep:
             ready, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0)
             self.on_event("tick", {})
             for stream in ready:
-                run = self.running.pop(stream)
+                run = self.running[stream]  # stays listed while its events are handled
                 try:
                     batch = ray.get(next(stream))
                 except StopIteration:
+                    del self.running[stream]
                     continue
                 except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError,
                         ray.exceptions.WorkerCrashedError) as exc:
+                    del self.running[stream]
                     self._lost(run, exc)
                     continue
                 over = False
                 for event in batch:
                     over = self._handle(run, event) or over
-                if not over:
-                    self.running[stream] = run
-        return self.summary()
+                if over:
+                    del self.running[stream]
+            self._poll_controls()
 
     def summary(self) -> SweepSummary:
         trials = self.study.get_trials(deepcopy=False)
@@ -282,11 +434,15 @@ class Sweep:
         return SweepSummary(counts=counts, best=best, run_dir=self.run_dir)
 
 
-def _reports_from_rows(rows: list[dict]) -> list[dict]:
+def _reports_from_rows(history: list[dict], applied: list[dict]) -> list[dict]:
+    """A trial's reports rebuilt from its history and applied tables (for a resumed driver)."""
     by_step: dict[int, dict] = {}
-    for row in rows:
+    for row in history:
         report = by_step.setdefault(row["step"], {"step": row["step"], "metrics": {},
                                                   "time": row["time"].timestamp(),
                                                   "hyperparams": {}})
         report["metrics"][row["metric"]] = row["value"]
+    for row in applied:
+        if row["step"] in by_step:
+            by_step[row["step"]]["hyperparams"][row["hyperparameter"]] = row["value"]
     return [by_step[s] for s in sorted(by_step)]

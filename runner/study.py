@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from contextlib import contextmanager
+from typing import Iterator, Optional
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import optuna
@@ -116,3 +119,68 @@ def check_unchanged(config: SweepConfig, frozen: optuna.trial.FrozenTrial, specs
 
 class ResumeError(RuntimeError):
     """A resume would not continue the same trial; the message says why."""
+
+
+@contextmanager
+def ask_lock(study: optuna.Study, run_dir: str) -> Iterator[None]:
+    """Serialise 'count the trials, then ask' across drivers sharing the study (no overshoot).
+
+    PostgreSQL: a session advisory lock keyed by the study name; the journal file: an flock beside
+    it. Several drivers on one study then stop at exactly ``n_trials`` trials.
+    """
+    backend = getattr(study._storage, "_backend", study._storage)
+    engine = getattr(backend, "engine", None)
+    if engine is not None and engine.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        key = int.from_bytes(hashlib.sha256(study.study_name.encode()).digest()[:8], "big",
+                             signed=True)
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        return
+    if "://" in run_dir:
+        yield
+        return
+    import fcntl
+
+    with open(os.path.join(run_dir, "study.ask.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _alive_nodes() -> list[dict]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def resolve_node(node: str) -> str:
+    """A node id from a node id (or its prefix) or a node IP; ResumeError if none matches."""
+    for info in _alive_nodes():
+        if info["NodeID"].startswith(node) or info["NodeManagerAddress"] == node:
+            return info["NodeID"]
+    raise ResumeError(f"no alive Ray node matches {node!r}")
+
+
+def other_node(current: str) -> Optional[dict]:
+    """A soft preference for an alive node other than ``current`` (None: any node will do)."""
+    others = [n["NodeID"] for n in _alive_nodes() if n["NodeID"] != current]
+    return {"node": others[0], "soft": True} if others else None
+
+
+def placed_worker(worker_cls, placement: Optional[dict]):
+    """A fresh worker on the node a placement names (hard for ``--to``, soft for a handover)."""
+    if not placement:
+        return worker_cls.remote()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    strategy = NodeAffinitySchedulingStrategy(node_id=resolve_node(placement["node"]),
+                                              soft=placement.get("soft", False))
+    return worker_cls.options(scheduling_strategy=strategy).remote()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import threading
 import time
 import traceback
@@ -28,6 +29,9 @@ class TrialWorker:
     def __init__(self) -> None:
         self.control = Control()
         self._answers: dict[int, tuple[threading.Event, list]] = {}
+        # A spot notice arrives as SIGTERM: the running trial checkpoints at its next step and
+        # hands over, losing no step. (Actor constructors run on the process's main thread.)
+        signal.signal(signal.SIGTERM, lambda signum, frame: self.control.preempt())
 
     def where(self) -> dict[str, Any]:
         import ray
@@ -97,8 +101,7 @@ class TrialWorker:
         except TrialPruned as exc:
             events.put({"type": "pruned", "reason": str(exc)})
         except TrialInterrupted as exc:
-            step = context.start_step if context is None else None
-            events.put({"type": "interrupted", "reason": str(exc), "step": step})
+            events.put({"type": "interrupted", "reason": str(exc)})
         except BaseException as exc:  # the trainable's own error: record it, keep the worker
             events.put({"type": "failed", "error": f"{type(exc).__name__}: {exc}",
                         "traceback": traceback.format_exc()})
