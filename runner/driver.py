@@ -75,7 +75,7 @@ class Sweep:
         self.study = study_lib.open_study(config)
         self.running: dict[Any, RunningTrial] = {}
         self.idle: list = []
-        self.worker_cls = study_lib.worker_class(config)
+        self.new_worker = study_lib.worker_factory(config)
         self.deadline = (time.monotonic() + config.search.timeout) if config.search.timeout else None
         self.objectives = [o.metric for o in config.objectives]
         self.pruning = config.pruner.kind != "none"
@@ -107,8 +107,8 @@ class Sweep:
     def _worker(self, number: Optional[int] = None):
         """A pooled worker, or a fresh one where the trial must go to (or leave) a given node."""
         if number in self.placement:
-            return study_lib.placed_worker(self.worker_cls, self.placement.pop(number))
-        return self.idle.pop() if self.idle else self.worker_cls.remote()
+            return self.new_worker(self.placement.pop(number))
+        return self.idle.pop() if self.idle else self.new_worker()
 
     def _launch(self, run: RunningTrial) -> None:
         run.stream = run.worker.run.remote(task_payload(run.task))
@@ -226,6 +226,7 @@ class Sweep:
                 run.restart_log[-1]["to_node"] = run.node_id
             self.on_event("placed", {"number": run.task.number, "node_id": run.node_id,
                                      "pid": event.get("pid"), "step": event["step"],
+                                     "accelerators": event.get("accelerators", {}),
                                      "previous": previous, "lost_at": run.lost_at})
         elif kind == "report":
             self._report(run, event)
@@ -341,7 +342,7 @@ class Sweep:
             self.idle.remove(run.worker)
             return
         self._record_restart(run, type(error).__name__)
-        run.worker = self.worker_cls.remote()
+        run.worker = self.new_worker()
         self._launch(run)
         self.on_event("restarted", {"number": run.task.number, "from_step": run.checkpoint_step})
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import optuna
@@ -90,15 +90,30 @@ def open_study(config: SweepConfig) -> optuna.Study:
         **({"directions": directions} if len(directions) > 1 else {"direction": directions[0]}))
 
 
-def worker_class(config: SweepConfig):
-    """The TrialWorker actor class with the per-trial resources of the config."""
+def worker_factory(config: SweepConfig) -> Callable[[Optional[dict]], Any]:
+    """Starts a TrialWorker actor with the config's per-trial resources, optionally placed.
+
+    A placement ``{"node": id-or-ip, "soft": bool}`` pins it to a node: hard for ``migrate --to``,
+    soft when a handover merely prefers to leave the node it was on.
+    """
     import ray
 
     from runner.worker import TrialWorker
 
     r = config.resources
-    return ray.remote(TrialWorker).options(num_cpus=r.cpu, num_gpus=r.gpu, resources=r.custom,
-                                          max_concurrency=4, max_restarts=0)
+    actor = ray.remote(TrialWorker)
+
+    def start(placement: Optional[dict] = None):
+        options = {"num_cpus": r.cpu, "num_gpus": r.gpu, "resources": r.custom,
+                   "max_concurrency": 4, "max_restarts": 0}
+        if placement:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                node_id=resolve_node(placement["node"]), soft=placement.get("soft", False))
+        return actor.options(**options).remote()
+
+    return start
 
 
 def check_unchanged(config: SweepConfig, frozen: optuna.trial.FrozenTrial, specs: dict) -> None:
@@ -173,14 +188,3 @@ def other_node(current: str) -> Optional[dict]:
     """A soft preference for an alive node other than ``current`` (None: any node will do)."""
     others = [n["NodeID"] for n in _alive_nodes() if n["NodeID"] != current]
     return {"node": others[0], "soft": True} if others else None
-
-
-def placed_worker(worker_cls, placement: Optional[dict]):
-    """A fresh worker on the node a placement names (hard for ``--to``, soft for a handover)."""
-    if not placement:
-        return worker_cls.remote()
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    strategy = NodeAffinitySchedulingStrategy(node_id=resolve_node(placement["node"]),
-                                              soft=placement.get("soft", False))
-    return worker_cls.options(scheduling_strategy=strategy).remote()
