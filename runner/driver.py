@@ -53,6 +53,7 @@ class RunningTrial:
     applied: dict = field(default_factory=dict)
     node_id: str = ""
     lost_at: Optional[float] = None
+    retries: int = 0
 
 
 @dataclass
@@ -275,6 +276,11 @@ class Sweep:
             state = "PAUSED" if event["reason"] == "paused" else "HANDOVER"
             if state == "PAUSED":
                 self._record_restart(run, "paused")
+        elif run.retries < self.config.retries and event.get("traceback"):
+            run.retries += 1  # the trainable raised: rerun it from its latest checkpoint
+            self._record_restart(run, f"retry after {event['error']}"[:200])
+            self._launch(run)
+            return
         else:
             run.trial.set_user_attr("error", event["error"])
             run.trial.set_user_attr("traceback", event["traceback"][-8000:])

@@ -65,6 +65,18 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert summary.counts["FAIL"] == len(failed)
 
 
+def test_retries_rerun_a_raising_trial_under_the_same_number(tmp_path):
+    config = _config(tmp_path, trainable="tests.trainables:fails_once",
+                     search={"sampler": "random", "seed": 0, "n_trials": 2}, retries=1,
+                     params={"marker_dir": str(tmp_path)})
+    Sweep(config).run()
+    trials = _trials(config)
+    assert [t["state"] for t in trials.values()] == ["COMPLETE", "COMPLETE"]
+    for t in trials.values():
+        (entry,) = json.loads(t["restart_log"])
+        assert entry["reason"].startswith("retry after RuntimeError: first attempt fails")
+
+
 def test_conditional_space_samples_only_the_chosen_branch(tmp_path):
     lr = {"choice": [
         {"kind": "cosine_decay", "init_value": {"loguniform": [1e-4, 1e-1]}, "decay_steps": 40},

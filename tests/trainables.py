@@ -34,3 +34,14 @@ def counting(ctx: TrialContext) -> None:
         total += np.random.random() + random.random() + ctx.schedules["learning_rate"](step)
         if ctx.report_due(step):
             ctx.report(step + 1, loss=total / (step + 1))
+
+
+def fails_once(ctx: TrialContext) -> None:
+    """Raises on a trial's first attempt (a marker file remembers it), then trains normally."""
+    import os
+
+    marker = os.path.join(ctx.params["marker_dir"], f"attempted-{ctx.number}")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first attempt fails")
+    quadratic(ctx)
