@@ -98,6 +98,7 @@ class SweepConfig(_Strict):
     resources: Resources = Field(default_factory=Resources)
     max_concurrent: int = Field(default=1, ge=1)
     storage: Optional[str] = None
+    storage_shared: bool = False
     study_storage: Optional[str] = None
     retries: int = Field(default=0, ge=0)
     max_restarts: int = Field(default=3, ge=0)

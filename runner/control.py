@@ -24,6 +24,7 @@ class ControlChannel:
         self.fs, self.root = filesystem(run_dir)
 
     def _write(self, path: str, data: Any) -> None:
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         temp = f"{path}.{uuid.uuid4().hex}.tmp"
         with self.fs.open_output_stream(temp) as sink:
             sink.write(json.dumps(data).encode())
@@ -37,7 +38,6 @@ class ControlChannel:
             return default
 
     def request(self, action: str, trial: int, **args: Any) -> None:
-        self.fs.create_dir(f"{self.root}/control", recursive=True)
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
         self._write(f"{self.root}/control/{name}", {"action": action, "trial": trial, **args})
 
@@ -59,7 +59,6 @@ class ControlChannel:
         return set(self._read(f"{self.root}/paused.json", []))
 
     def set_paused(self, trials: set[int]) -> None:
-        self.fs.create_dir(self.root, recursive=True)
         self._write(f"{self.root}/paused.json", sorted(trials))
 
     def claim_driver(self, driver_id: str) -> None:

@@ -24,7 +24,7 @@ from runner import study as study_lib
 from runner.config import SweepConfig
 from runner.control import ControlChannel
 from runner.context import TrialTask, derive_seed
-from runner.records import RunRecords, history_rows, to_json
+from runner.records import RunRecords, child_uri, history_rows, to_json
 from runner.space import realize
 from runner.worker import TrialWorker, task_payload
 
@@ -92,7 +92,7 @@ class Sweep:
     # --- trial lifecycle ---------------------------------------------------------------------
 
     def _checkpoint_root(self, number: int) -> str:
-        return f"{self.run_dir.rstrip('/')}/checkpoints/trial-{number:05d}"
+        return child_uri(self.run_dir, f"checkpoints/trial-{number:05d}")
 
     def _task(self, trial: optuna.Trial, params: dict, specs: dict) -> TrialTask:
         budget = self.config.budget
@@ -125,6 +125,7 @@ class Sweep:
         trial.set_user_attr("params", params)
         trial.set_user_attr("schedule_specs", specs)
         trial.set_user_attr("driver", self.driver_id)
+        trial.set_user_attr("checkpoint_root", self._checkpoint_root(trial.number))
         run = RunningTrial(trial=trial, task=self._task(trial, params, specs),
                            worker=self._worker(), stream=None)
         self._launch(run)
@@ -147,8 +148,10 @@ class Sweep:
         study_lib.check_unchanged(self.config, frozen, specs)
         trial = optuna.Trial(self.study, frozen._trial_id)
         trial.set_user_attr("driver", self.driver_id)
-        run = RunningTrial(trial=trial, task=self._task(trial, params, specs),
-                           worker=self._worker(frozen.number), stream=None)
+        task = self._task(trial, params, specs)
+        # another driver's trial keeps its checkpoints where that driver put them
+        task.checkpoint_root = frozen.user_attrs.get("checkpoint_root", task.checkpoint_root)
+        run = RunningTrial(trial=trial, task=task, worker=self._worker(frozen.number), stream=None)
         run.reported_steps = set(frozen.intermediate_values)
         run.reports = _reports_from_rows(
             self.records.read_trial("history", frozen.number).to_pylist(),
@@ -202,8 +205,10 @@ class Sweep:
             if frozen.number in self.paused or self._in_flight(frozen.number) is not None:
                 continue
             owner = frozen.user_attrs.get("driver")
-            if owner == self.driver_id or owner in self.dead_drivers \
-                    or attrs.get(f"heartbeat:{owner}", 0) < stale:
+            started = frozen.datetime_start.timestamp() if frozen.datetime_start else 0.0
+            # a trial just asked by another driver has no owner yet: its start time vouches for it
+            last_sign = max(attrs.get(f"heartbeat:{owner}", 0.0), 0.0 if owner else started)
+            if owner == self.driver_id or owner in self.dead_drivers or last_sign < stale:
                 orphans.append(frozen)
         return orphans
 
@@ -367,6 +372,7 @@ class Sweep:
         if self.control.driver_alive():
             raise study_lib.ResumeError(f"{self.run_dir}: another sweep process drives this run "
                                         f"dir; use sweep pause/resume/migrate to steer it")
+        study_lib.check_storage_reachable(self.config)
         self.control.claim_driver(self.driver_id)
         self._beat()
         previous = self._install_interrupt_handler()

@@ -40,9 +40,11 @@ def ray_session(address: Optional[str] = None) -> Iterator[None]:
     common = {"include_dashboard": False, "logging_level": logging.WARNING,
               "configure_logging": True, "log_to_driver": True}
     if address is None:
-        ray.init(_node_ip_address="127.0.0.1",
+        ray.init(address="local", _node_ip_address="127.0.0.1",
                  runtime_env={"env_vars": {"PYTHONPATH": _code_path()}}, **common)
     else:
+        if os.path.exists(os.path.expanduser("~/.ray/auth_token")):
+            os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray 2.60 won't infer it for an address
         ray.init(address=address, runtime_env={"working_dir": os.getcwd(),
                                                "excludes": ["runs/", ".venv/", ".git/"]}, **common)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
@@ -31,6 +32,14 @@ HISTORY_SCHEMA = pa.schema([("trial", pa.int64()), ("step", pa.int64()), ("metri
 APPLIED_SCHEMA = pa.schema([("trial", pa.int64()), ("step", pa.int64()),
                             ("hyperparameter", pa.string()), ("value", pa.float64())])
 SCHEMAS = {"trials": TRIALS_SCHEMA, "history": HISTORY_SCHEMA, "applied": APPLIED_SCHEMA}
+
+
+def child_uri(uri: str, path: str) -> str:
+    """``path`` inside the directory ``uri``, keeping a URI's query (endpoint override...)."""
+    if "://" not in uri:
+        return os.path.join(os.path.abspath(uri), path)
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + path))
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:

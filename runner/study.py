@@ -19,6 +19,8 @@ PASSWORD_VARIABLES = ("SWEEP_DB_PASSWORD", "PGPASSWORD")
 def storage_url(url: str) -> str:
     """The RDB URL with the password taken from the environment (never from the config file)."""
     password = next((os.environ[v] for v in PASSWORD_VARIABLES if os.environ.get(v)), None)
+    if url.startswith("postgresql://"):  # SQLAlchemy 2.1 would look for psycopg 3; we ship psycopg2
+        url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
     parts = urlsplit(url)
     if password is None or not parts.username or parts.password:
         return url
@@ -29,8 +31,15 @@ def storage_url(url: str) -> str:
 
 def storage(config: SweepConfig):
     if config.study_storage:
-        return optuna.storages.RDBStorage(storage_url(config.study_storage),
-                                          engine_kwargs={"pool_pre_ping": True})
+        from sqlalchemy.exc import DBAPIError
+
+        for attempt in range(3):  # drivers starting together race to create Optuna's tables
+            try:
+                return optuna.storages.RDBStorage(storage_url(config.study_storage),
+                                                  engine_kwargs={"pool_pre_ping": True})
+            except DBAPIError:
+                if attempt == 2:
+                    raise
     run_dir = config.run_dir()
     if "://" in run_dir:
         raise ValueError("study_storage: expected an RDB URL when storage is not a local path "
@@ -188,3 +197,22 @@ def other_node(current: str) -> Optional[dict]:
     """A soft preference for an alive node other than ``current`` (None: any node will do)."""
     others = [n["NodeID"] for n in _alive_nodes() if n["NodeID"] != current]
     return {"node": others[0], "soft": True} if others else None
+
+
+def check_storage_reachable(config: SweepConfig) -> None:
+    """Refuse a local run dir on a cluster whose other hosts cannot read it (unless declared shared).
+
+    Checkpoints are resumed on whatever node has room, so they must be on storage every node sees:
+    an object store URI, or a shared filesystem declared with ``storage_shared: true``.
+    """
+    import ray
+
+    if "://" in config.run_dir() or config.storage_shared:
+        return
+    here = ray.util.get_node_ip_address()
+    hosts = {n["NodeManagerAddress"] for n in _alive_nodes()}
+    if hosts - {here}:
+        raise ResumeError(
+            f"storage: the run dir {config.run_dir()!r} is on this host's local disk, which the "
+            f"cluster's other hosts ({', '.join(sorted(hosts - {here}))}) cannot read; use an "
+            f"s3:// or gs:// URI, or a shared filesystem with storage_shared: true")

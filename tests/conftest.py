@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from runner.ray_init import advertise_loopback
+from tests.pgserver import postgres_server  # noqa: F401  (a session fixture: a real PostgreSQL)
 
 advertise_loopback()  # before anything imports ray: the test Ray talks over 127.0.0.1 only
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,7 +20,7 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=4,
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=4,
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([REPO] + sys.path)}},
                  logging_level="WARNING")
     yield ray
