@@ -194,9 +194,9 @@ class CosineDecay(Schedule):
         return _cosine_decay(step, xp, self.init_value, self.decay_steps, self.alpha, self.exponent)
 
 
-class ExponentialDecay(Schedule):
-    kind: Literal["exponential_decay"] = "exponential_decay"
-    init_value: float
+class _ExponentialTail(Schedule):
+    """The fields and check shared by the two exponential kinds."""
+
     transition_steps: PositiveSteps
     decay_rate: Positive
     transition_begin: Steps = 0
@@ -210,9 +210,17 @@ class ExponentialDecay(Schedule):
                              "(an unbounded exponential growth overflows)")
         return self
 
-    def value(self, step, xp=np):
-        return _exponential(step, xp, self.init_value, self.transition_steps, self.decay_rate,
+    def _decay(self, step, xp, init_value):
+        return _exponential(step, xp, init_value, self.transition_steps, self.decay_rate,
                             self.transition_begin, self.staircase, self.end_value)
+
+
+class ExponentialDecay(_ExponentialTail):
+    kind: Literal["exponential_decay"] = "exponential_decay"
+    init_value: float
+
+    def value(self, step, xp=np):
+        return self._decay(step, xp, self.init_value)
 
 
 class PiecewiseConstant(_Boundaries):
@@ -273,28 +281,15 @@ class WarmupCosineDecay(Schedule):
         return xp.where(step < self.warmup_steps, warm, decay)
 
 
-class WarmupExponentialDecay(Schedule):
+class WarmupExponentialDecay(_ExponentialTail):
     kind: Literal["warmup_exponential_decay"] = "warmup_exponential_decay"
     init_value: float
     peak_value: float
     warmup_steps: Steps
-    transition_steps: PositiveSteps
-    decay_rate: Positive
-    transition_begin: Steps = 0
-    staircase: bool = False
-    end_value: Optional[float] = None
-
-    @model_validator(mode="after")
-    def _bounded_growth(self):
-        if self.decay_rate > 1.0 and (self.end_value is None or self.end_value == 0.0):
-            raise ValueError("end_value: expected a non-zero upper bound when decay_rate > 1 "
-                             "(an unbounded exponential growth overflows)")
-        return self
 
     def value(self, step, xp=np):
         warm = _polynomial(step, xp, self.init_value, self.peak_value, 1, self.warmup_steps, 0)
-        decay = _exponential(step - self.warmup_steps, xp, self.peak_value, self.transition_steps,
-                             self.decay_rate, self.transition_begin, self.staircase, self.end_value)
+        decay = self._decay(step - self.warmup_steps, xp, self.peak_value)
         return xp.where(step < self.warmup_steps, warm, decay)
 
 
