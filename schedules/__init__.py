@@ -43,8 +43,9 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "missing":
         return f"{where}: missing required field"
     if error["type"] == "extra_forbidden":
-        kind = loc[0] if loc and loc[0] in KINDS else None
-        allowed = ", ".join(n for n in KINDS[kind].model_fields if n != "kind") if kind else ""
+        kind = next((part for part in reversed(loc) if part in KINDS), None)
+        allowed = ", ".join(f.alias or n for n, f in KINDS[kind].model_fields.items()
+                            if n != "kind") if kind else ""
         return f"{where}: unknown field (expected one of: {allowed})"
     message = error["msg"].removeprefix("Value error, ")
     if loc and loc[-1] in KINDS:  # a check across fields: its message starts with the field it blames

@@ -66,7 +66,8 @@ def _polynomial(step, xp, init_value, end_value, power, transition_steps, transi
     if transition_steps <= 0:
         return xp.zeros_like(step, dtype=float) + init_value
     count = xp.clip(step - transition_begin, 0, transition_steps)
-    frac = 1 - count / transition_steps
+    # exactly 0 at the end: XLA's float32 division leaves -3e-8 there, and a fractional power NaN
+    frac = xp.where(count >= transition_steps, 0.0, 1 - count / transition_steps)
     return (init_value - end_value) * (frac**power) + end_value
 
 
@@ -79,12 +80,13 @@ def _cosine_decay(step, xp, init_value, decay_steps, alpha, exponent):
 def _exponential(step, xp, init_value, transition_steps, decay_rate, transition_begin, staircase,
                  end_value):
     decreased = step - transition_begin
-    p = decreased / transition_steps
-    if staircase:
-        p = xp.floor(p)
+    if staircase:  # an integer division: XLA's floor(a / b) falls one short at some multiples
+        p = xp.floor_divide(decreased, transition_steps)
+    else:
+        p = decreased / transition_steps
+    p = xp.maximum(p, 0)  # the branch masked out below must not overflow either
     if decay_rate > 1.0:  # growth: stop the exponent just past end_value so it never overflows
-        crossing = 0.0 if init_value == 0 else math.log(abs(end_value / init_value)) / math.log(decay_rate)
-        p = xp.minimum(p, max(crossing, 0.0) + 1.0)
+        p = xp.minimum(p, max(math.log(end_value / init_value) / math.log(decay_rate), 0.0) + 1.0)
     decayed = xp.where(decreased <= 0, init_value, init_value * xp.power(decay_rate, p))
     if end_value is not None:
         decayed = (xp.maximum if decay_rate < 1.0 else xp.minimum)(decayed, end_value)
@@ -122,6 +124,8 @@ def _boundary_map(value: Any) -> Any:
         if all(isinstance(k, int) for k, _ in pairs):
             pairs.sort()
         return tuple(pairs)
+    if isinstance(value, (list, tuple)):  # [[step, scale], ...] as JSON may carry it
+        return tuple(tuple(pair) if isinstance(pair, list) else pair for pair in value)
     return value
 
 
@@ -197,6 +201,7 @@ class CosineDecay(Schedule):
 class _ExponentialTail(Schedule):
     """The fields and check shared by the two exponential kinds."""
 
+    base_field: ClassVar[str]
     transition_steps: PositiveSteps
     decay_rate: Positive
     transition_begin: Steps = 0
@@ -205,9 +210,13 @@ class _ExponentialTail(Schedule):
 
     @model_validator(mode="after")
     def _bounded_growth(self):
-        if self.decay_rate > 1.0 and (self.end_value is None or self.end_value == 0.0):
-            raise ValueError("end_value: expected a non-zero upper bound when decay_rate > 1 "
+        base = getattr(self, self.base_field)
+        if self.decay_rate > 1.0 and (self.end_value is None or self.end_value <= 0.0):
+            raise ValueError("end_value: expected a positive upper bound when decay_rate > 1 "
                              "(an unbounded exponential growth overflows)")
+        if self.decay_rate > 1.0 and base <= 0.0:
+            raise ValueError(f"{self.base_field}: expected a positive value to grow from when "
+                             f"decay_rate > 1, got {base}")
         return self
 
     def _decay(self, step, xp, init_value):
@@ -217,6 +226,7 @@ class _ExponentialTail(Schedule):
 
 class ExponentialDecay(_ExponentialTail):
     kind: Literal["exponential_decay"] = "exponential_decay"
+    base_field: ClassVar[str] = "init_value"
     init_value: float
 
     def value(self, step, xp=np):
@@ -283,6 +293,7 @@ class WarmupCosineDecay(Schedule):
 
 class WarmupExponentialDecay(_ExponentialTail):
     kind: Literal["warmup_exponential_decay"] = "warmup_exponential_decay"
+    base_field: ClassVar[str] = "peak_value"
     init_value: float
     peak_value: float
     warmup_steps: Steps
@@ -314,9 +325,12 @@ class LinearOnecycle(_OneCycle):
 
     def value(self, step, xp=np):
         t = self.transition_steps
-        bounds = [int(self.pct_start * t), int(self.pct_final * t), t]
-        scales = [self.div_factor, 1.0 / self.div_factor, 1.0 / self.final_div_factor]
-        return _interpolate(step, xp, "linear", self.peak_value / self.div_factor, bounds, scales)
+        # a dict, as optax builds it: when two boundaries coincide the later scale wins
+        scales = {int(self.pct_start * t): self.div_factor, int(self.pct_final * t):
+                  1.0 / self.div_factor, t: 1.0 / self.final_div_factor}
+        bounds = sorted(scales)
+        return _interpolate(step, xp, "linear", self.peak_value / self.div_factor, bounds,
+                            [scales[b] for b in bounds])
 
 
 class CosineOnecycle(_OneCycle):

@@ -1,0 +1,300 @@
+"""The core contract: specs round-trip, bad specs name their field, values are never NaN or inf."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import typing
+
+import numpy as np
+import pydantic
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import schedules
+from schedules import KINDS, ScheduleError
+
+# --- valid specs of every kind --------------------------------------------------------------------
+# Magnitudes an optimizer hyperparameter can take: zero, or between 1e-12 and 1e6 either sign.
+# Rates run from strong decay to doubling; factors over eight decades; lengths up to 20k steps.
+
+VALUE = st.just(0.0) | st.floats(1e-12, 1e6) | st.floats(-1e6, -1e-12)
+STEPS = st.integers(0, 20_000)
+POSITIVE_STEPS = st.integers(1, 20_000)
+RATE = st.floats(1e-3, 2.0)
+POWER = st.floats(1e-2, 10.0)
+FACTOR = st.floats(1e-3, 1e5)
+FRACTION = st.floats(0.01, 0.99)
+SCALES = st.dictionaries(st.integers(0, 30_000).map(str), st.floats(0.0, 10.0), max_size=6)
+
+
+def _kind(kind: str, required: dict, optional: dict | None = None) -> st.SearchStrategy[dict]:
+    return st.fixed_dictionaries({"kind": st.just(kind), **required}, optional=optional or {})
+
+
+@st.composite
+def _warmup_cosine_kwargs(draw) -> dict:
+    warmup = draw(STEPS)
+    return draw(st.fixed_dictionaries(
+        {"init_value": VALUE, "peak_value": VALUE, "warmup_steps": st.just(warmup),
+         "decay_steps": st.integers(warmup + 1, warmup + 20_000)},
+        optional={"end_value": VALUE, "exponent": POWER}))
+
+
+@st.composite
+def _linear_onecycle(draw) -> dict:
+    spec = draw(_kind("linear_onecycle", {"transition_steps": POSITIVE_STEPS, "peak_value": VALUE},
+                      {"div_factor": FACTOR, "final_div_factor": FACTOR}))
+    if draw(st.booleans()):
+        spec["pct_start"] = draw(st.floats(0.01, 0.9))
+        spec["pct_final"] = draw(st.floats(spec["pct_start"], 0.99, exclude_min=True))
+    return spec
+
+
+@st.composite
+def _exponential(draw, kind: str, base: str, **required) -> dict:
+    """Decay, or growth (rate > 1) of a positive ``base`` value up to a positive end_value."""
+    rate = draw(RATE)
+    positive = st.floats(1e-12, 1e6)
+    growth = {base: positive, "end_value": positive} if rate > 1.0 else {}
+    return draw(_kind(kind, {**required, **growth, "transition_steps": POSITIVE_STEPS,
+                             "decay_rate": st.just(rate)},
+                      {"transition_begin": STEPS, "staircase": st.booleans(),
+                       **({} if growth else {"end_value": st.none() | VALUE})}))
+
+
+STATELESS: dict[str, st.SearchStrategy[dict]] = {
+    "constant": _kind("constant", {"value": VALUE}),
+    "linear": _kind("linear", {"init_value": VALUE, "end_value": VALUE, "transition_steps": STEPS},
+                    {"transition_begin": STEPS}),
+    "polynomial": _kind("polynomial", {"init_value": VALUE, "end_value": VALUE, "power": POWER,
+                                       "transition_steps": STEPS}, {"transition_begin": STEPS}),
+    "cosine_decay": _kind("cosine_decay", {"init_value": VALUE, "decay_steps": POSITIVE_STEPS},
+                          {"alpha": VALUE, "exponent": POWER}),
+    "exponential_decay": _exponential("exponential_decay", "init_value", init_value=VALUE),
+    "piecewise_constant": _kind("piecewise_constant", {"init_value": VALUE,
+                                                       "boundaries_and_scales": SCALES}),
+    "piecewise_interpolate": _kind("piecewise_interpolate", {
+        "interpolate_type": st.sampled_from(["linear", "cosine"]), "init_value": VALUE,
+        "boundaries_and_scales": SCALES}),
+    "warmup_constant": _kind("warmup_constant", {"init_value": VALUE, "peak_value": VALUE,
+                                                 "warmup_steps": STEPS}),
+    "warmup_cosine_decay": _warmup_cosine_kwargs().map(
+        lambda kw: {"kind": "warmup_cosine_decay", **kw}),
+    "warmup_exponential_decay": _exponential("warmup_exponential_decay", "peak_value",
+                                             init_value=VALUE,
+                                             peak_value=VALUE, warmup_steps=STEPS),
+    "linear_onecycle": _linear_onecycle(),
+    "cosine_onecycle": _kind("cosine_onecycle", {"transition_steps": POSITIVE_STEPS,
+                                                 "peak_value": VALUE},
+                             {"pct_start": FRACTION, "div_factor": FACTOR,
+                              "final_div_factor": FACTOR}),
+    "sgdr": st.lists(_warmup_cosine_kwargs(), min_size=1, max_size=3).map(
+        lambda cycles: {"kind": "sgdr", "cosine_kwargs": cycles}),
+    "wsd": _kind("wsd", {"peak_value": VALUE, "warmup_steps": STEPS, "stable_steps": STEPS,
+                         "decay_steps": POSITIVE_STEPS},
+                 {"init_value": VALUE, "end_value": VALUE,
+                  "decay_type": st.sampled_from(["linear", "cosine", "1-sqrt"])}),
+    "cyclic": _kind("cyclic", {"base_value": VALUE, "max_value": VALUE,
+                               "step_size_up": POSITIVE_STEPS},
+                    {"step_size_down": st.none() | POSITIVE_STEPS,
+                     "mode": st.sampled_from(["triangular", "triangular2", "exp_range"]),
+                     "gamma": st.floats(1e-3, 1.0)}),
+}
+
+
+@st.composite
+def _join(draw, parts: st.SearchStrategy[dict]) -> dict:
+    schedules_ = draw(st.lists(parts, min_size=1, max_size=4))
+    bounds = draw(st.lists(st.integers(0, 30_000), min_size=len(schedules_) - 1,
+                           max_size=len(schedules_) - 1, unique=True))
+    return {"kind": "join", "schedules": schedules_, "boundaries": sorted(bounds)}
+
+
+STATELESS["join"] = st.recursive(st.one_of(list(STATELESS.values())), _join, max_leaves=6).filter(
+    lambda spec: spec["kind"] == "join")
+PLATEAU = _kind("reduce_on_plateau", {"init_value": VALUE}, {
+    "mode": st.sampled_from(["min", "max"]), "factor": st.floats(0.01, 0.99),
+    "patience": st.integers(0, 20), "threshold": st.floats(0.0, 1.0),
+    "threshold_mode": st.sampled_from(["rel", "abs"]), "cooldown": st.integers(0, 20),
+    "min_value": st.floats(0.0, 1.0), "eps": st.floats(0.0, 1e-3)})
+SPECS = {**STATELESS, "reduce_on_plateau": PLATEAU}
+
+
+def test_every_kind_has_a_generator():
+    assert sorted(SPECS) == sorted(KINDS)
+
+
+# --- round trips ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", sorted(SPECS))
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_spec_round_trips_through_from_spec_and_json(kind, data):
+    schedule = schedules.from_spec(data.draw(SPECS[kind]))
+    spec = schedule.spec()
+    assert spec["kind"] == kind
+    assert schedules.from_spec(spec) == schedule
+    stored = json.loads(json.dumps(spec, allow_nan=False))
+    assert stored == spec
+    assert schedules.from_spec(stored) == schedule
+    assert schedules.as_schedule(stored) == schedule
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        schedule.kind = "constant"
+
+
+def test_as_schedule_turns_a_number_into_a_constant():
+    assert schedules.as_schedule(3).spec() == {"kind": "constant", "value": 3.0}
+    assert schedules.as_schedule(0.5)(12345) == 0.5
+
+
+# --- bad specs ------------------------------------------------------------------------------------
+
+LINEAR = {"kind": "linear", "init_value": 1.0, "end_value": 0.0, "transition_steps": 10}
+CONSTANT = {"kind": "constant", "value": 1.0}
+WARMUP_COSINE = {"kind": "warmup_cosine_decay", "init_value": 0.0, "peak_value": 1.0,
+                 "warmup_steps": 10, "decay_steps": 100}
+BAD = [  # (spec, the field its error must name)
+    ({"kind": "nope"}, "kind"),
+    ({"init_value": 1.0}, "kind"),
+    ({k: v for k, v in LINEAR.items() if k != "transition_steps"}, "transition_steps"),
+    ({**LINEAR, "transition_step": 5}, "transition_step"),
+    ({**LINEAR, "init_value": "1.0"}, "init_value"),
+    ({**LINEAR, "transition_steps": True}, "transition_steps"),
+    ({**LINEAR, "transition_steps": 2.5}, "transition_steps"),
+    ({**LINEAR, "transition_steps": -1}, "transition_steps"),
+    ({**LINEAR, "transition_begin": -3}, "transition_begin"),
+    ({**LINEAR, "init_value": math.inf}, "init_value"),
+    ({**LINEAR, "end_value": math.nan}, "end_value"),
+    ({**CONSTANT, "value": True}, "value"),
+    ({"kind": "exponential_decay", "init_value": 1.0, "transition_steps": 10, "decay_rate": 0.0},
+     "decay_rate"),
+    ({"kind": "exponential_decay", "init_value": 1.0, "transition_steps": 10, "decay_rate": 0.5,
+      "staircase": "yes"}, "staircase"),
+    ({"kind": "cosine_decay", "init_value": 1.0, "decay_steps": 0}, "decay_steps"),
+    ({**WARMUP_COSINE, "decay_steps": 10}, "decay_steps"),
+    ({**WARMUP_COSINE, "decay_steps": 5}, "decay_steps"),
+    ({"kind": "piecewise_constant", "init_value": 1.0, "boundaries_and_scales": {"-5": 0.5}},
+     "boundaries_and_scales"),
+    ({"kind": "piecewise_constant", "init_value": 1.0,
+      "boundaries_and_scales": {"10": 0.5, "010": 0.1}}, "boundaries_and_scales"),
+    ({"kind": "piecewise_constant", "init_value": 1.0, "boundaries_and_scales": {"5": math.inf}},
+     "boundaries_and_scales"),
+    ({"kind": "piecewise_interpolate", "interpolate_type": "cubic", "init_value": 1.0},
+     "interpolate_type"),
+    ({"kind": "linear_onecycle", "transition_steps": 100, "peak_value": 1.0, "pct_start": 0.5,
+      "pct_final": 0.4}, "pct_final"),
+    ({"kind": "cosine_onecycle", "transition_steps": 100, "peak_value": 1.0, "pct_start": 1.0},
+     "pct_start"),
+    ({"kind": "sgdr", "cosine_kwargs": []}, "cosine_kwargs"),
+    ({"kind": "sgdr", "cosine_kwargs": [{**WARMUP_COSINE, "decay_steps": 3}]}, "decay_steps"),
+    ({"kind": "wsd", "peak_value": 1.0, "warmup_steps": 1, "stable_steps": 1, "decay_steps": 1,
+      "decay_type": "exp"}, "decay_type"),
+    ({"kind": "cyclic", "base_value": 0.0, "max_value": 1.0, "step_size_up": 0}, "step_size_up"),
+    ({"kind": "reduce_on_plateau", "init_value": 1.0, "factor": 1.5}, "factor"),
+    ({"kind": "reduce_on_plateau", "init_value": 1.0, "patience": -1}, "patience"),
+    ({"kind": "reduce_on_plateau", "init_value": 1.0, "mode": "minimum"}, "mode"),
+    ({"kind": "join", "schedules": [CONSTANT] * 3, "boundaries": [10, 5]}, "boundaries"),
+    ({"kind": "join", "schedules": [CONSTANT] * 3, "boundaries": [5, 5]}, "boundaries"),
+    ({"kind": "join", "schedules": [CONSTANT] * 2, "boundaries": [5, 10]}, "boundaries"),
+    ({"kind": "join", "schedules": [CONSTANT] * 2, "boundaries": []}, "boundaries"),
+    ({"kind": "join", "schedules": [CONSTANT] * 2, "boundaries": [-5]}, "boundaries"),
+    ({"kind": "join", "schedules": [], "boundaries": []}, "schedules"),
+    ({"kind": "join", "schedules": [CONSTANT, {"kind": "reduce_on_plateau", "init_value": 1.0}],
+      "boundaries": [10]}, "schedules.1"),
+    ({"kind": "join", "schedules": [CONSTANT, {**LINEAR, "init_value": "x"}], "boundaries": [10]},
+     "schedules.1.init_value"),
+]
+
+
+@pytest.mark.parametrize("spec, field", BAD, ids=[f"{s.get('kind')}-{f}" for s, f in BAD])
+def test_a_bad_spec_raises_a_schedule_error_naming_the_field(spec, field):
+    with pytest.raises(ScheduleError, match=field) as error:
+        schedules.from_spec(spec)
+    assert isinstance(error.value, ValueError)
+
+
+@pytest.mark.parametrize("spec", ["constant", 1.5, None, ["constant"], True])
+def test_a_spec_that_is_not_a_mapping_is_refused(spec):
+    with pytest.raises(ScheduleError, match="mapping"):
+        schedules.from_spec(spec)
+
+
+def _base_type(annotation) -> type | None:
+    """float or int for a scalar field (Optional unwrapped), else None."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    annotation = args[0] if typing.get_origin(annotation) is typing.Union and len(args) == 1 \
+        else annotation
+    return annotation if annotation in (float, int) else None
+
+
+@pytest.mark.parametrize("kind", sorted(SPECS))
+@settings(max_examples=5, deadline=None)
+@given(data=st.data())
+def test_every_field_is_checked(kind, data):
+    """Dropping a required field, adding one, or mistyping any scalar names that field."""
+    spec = schedules.from_spec(data.draw(SPECS[kind])).spec()
+    for name, field in KINDS[kind].model_fields.items():
+        key = field.alias or name
+        if key == "kind":
+            continue
+        if field.is_required():
+            with pytest.raises(ScheduleError, match=f"{kind}.{key}: missing"):
+                schedules.from_spec({k: v for k, v in spec.items() if k != key})
+        base = _base_type(field.annotation)
+        for value in {float: ["0.5", True, math.nan], int: [True, 1.5, "3", -1]}.get(base, []):
+            with pytest.raises(ScheduleError, match=rf"{kind}\.{key}\b"):
+                schedules.from_spec({**spec, key: value})
+    with pytest.raises(ScheduleError, match=f"{kind}.bogus: unknown field"):
+        schedules.from_spec({**spec, "bogus": 1})
+
+
+# --- values are finite ----------------------------------------------------------------------------
+
+N_STEPS = 30_000
+
+
+@pytest.mark.parametrize("kind", sorted(STATELESS))
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_values_are_never_nan_or_infinite(kind, data):
+    spec = data.draw(STATELESS[kind])
+    schedule = schedules.from_spec(spec)
+    with np.errstate(all="ignore"):  # a warning from a masked-out branch is not a wrong value
+        values = schedule.values(0, N_STEPS)
+        scalars = [schedule(step) for step in (0, N_STEPS // 3, N_STEPS - 1)]
+    bad = np.flatnonzero(~np.isfinite(values))
+    assert bad.size == 0, f"{spec}: step {bad[0]} gives {values[bad[0]]}"
+    assert scalars == [values[0], values[N_STEPS // 3], values[N_STEPS - 1]]
+
+
+@settings(max_examples=25, deadline=None)
+@given(spec=PLATEAU, metrics=st.lists(st.floats(-1e6, 1e6) | st.just(math.nan), max_size=300))
+def test_reduce_on_plateau_stays_finite_and_never_rises(spec, metrics):
+    schedule = schedules.from_spec(spec)
+    state, previous = schedule.init_state(), spec["init_value"]
+    for metric in metrics:
+        state = schedule.update(state, metric)
+        value = float(schedule.value_of(state))
+        assert math.isfinite(value)
+        assert abs(value) <= abs(previous)
+        previous = value
+    assert int(state["count"]) == sum(not math.isnan(m) for m in metrics)
+
+
+def test_reduce_on_plateau_has_no_step_values():
+    with pytest.raises(TypeError, match="value_of"):
+        schedules.from_spec({"kind": "reduce_on_plateau", "init_value": 1.0})(3)
+
+
+# --- what the library imports ---------------------------------------------------------------------
+
+def test_schedules_imports_no_framework():
+    code = ("import sys, schedules; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'ray', 'optuna', 'torch', 'jax', 'jaxlib', 'optax'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
