@@ -6,7 +6,6 @@ expected; the CLI turns it into exit code 2 with nothing created on disk.
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from pathlib import Path
@@ -202,21 +201,10 @@ def load_config(path: str | os.PathLike, *, check_trainable: bool = True) -> Swe
         raise ConfigError(f"{source}: {where}invalid YAML ({getattr(exc, 'problem', exc)})") from None
     config = parse_config(data, source)
     if check_trainable:
+        from runner.context import TrainableError, resolve_trainable
+
         try:
             resolve_trainable(config.trainable)
-        except ConfigError as exc:
+        except TrainableError as exc:
             raise ConfigError(f"{source}: trainable: {exc}") from None
     return config
-
-
-def resolve_trainable(path: str):
-    """Import ``package.module:function`` and return the function."""
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import module {module_name!r} ({exc})") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ConfigError(f"expected a function {attr!r} in module {module_name!r}")
-    return fn

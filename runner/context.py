@@ -8,6 +8,7 @@ included) and stopping for pruning are the runner's job, done here.
 
 from __future__ import annotations
 
+import importlib
 import random
 import sys
 import time
@@ -20,6 +21,23 @@ import schedules
 from runner.checkpoint import CheckpointStore
 
 SCHEDULE_FORMAT = "sweep.schedules/1"
+
+
+class TrainableError(ValueError):
+    """The trainable's import path does not lead to a function."""
+
+
+def resolve_trainable(path: str) -> Callable:
+    """Import ``package.module:function`` and return the function."""
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TrainableError(f"cannot import module {module_name!r} ({exc})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise TrainableError(f"expected a function {attr!r} in module {module_name!r}")
+    return fn
 
 
 class TrialPruned(Exception):

@@ -30,6 +30,7 @@ from runner.worker import TrialWorker, task_payload
 
 log = logging.getLogger("sweep")
 HEARTBEAT_SECONDS = 10.0
+CONTROL_POLL_SECONDS = 1.0  # pause/resume/migrate requests and orphans are looked for this often
 HEARTBEAT_STALE_SECONDS = 60.0  # a driver silent this long is gone: its trials are resumed
 
 
@@ -47,7 +48,7 @@ class RunningTrial:
     checkpoint_step: int = 0
     restarts: int = 0
     restart_log: list = field(default_factory=list)
-    reports: list = field(default_factory=list)
+    reports: dict = field(default_factory=dict)  # step -> report event
     reported_steps: set = field(default_factory=set)
     last_metrics: dict = field(default_factory=dict)
     applied: dict = field(default_factory=dict)
@@ -88,6 +89,7 @@ class Sweep:
         self.driver_id = uuid.uuid4().hex[:12]
         self.dead_drivers: set[str] = set()
         self._last_heartbeat = float("-inf")
+        self._last_poll = float("-inf")
 
     # --- trial lifecycle ---------------------------------------------------------------------
 
@@ -184,6 +186,10 @@ class Sweep:
         self.on_event("control", {"number": number, "action": action})
 
     def _poll_controls(self) -> None:
+        now = time.monotonic()
+        if now - self._last_poll < CONTROL_POLL_SECONDS:
+            return
+        self._last_poll = now
         for request in self.control.take():
             self._apply(request)
         now = time.monotonic()
@@ -249,7 +255,7 @@ class Sweep:
         run.step = step
         run.last_metrics.update(event["metrics"])
         run.applied = event.get("hyperparams", {})
-        run.reports = [r for r in run.reports if r["step"] != step] + [event]
+        run.reports[step] = event
         prune = False
         if self.pruning and self.objectives[0] in event["metrics"]:
             if step not in run.reported_steps:
@@ -323,12 +329,12 @@ class Sweep:
         run.restart_log.append({"time": run.lost_at, "from_node": run.node_id,
                                 "from_step": run.checkpoint_step, "reason": reason,
                                 "to_node": None})
-        run.reports = [r for r in run.reports if r["step"] <= run.checkpoint_step]
+        run.reports = {s: r for s, r in run.reports.items() if s <= run.checkpoint_step}
         run.trial.set_user_attr("restarts", run.restarts)
         run.trial.set_user_attr("restart_log", run.restart_log)
 
     def _write_history(self, run: RunningTrial) -> None:
-        metrics, applied = history_rows(run.task.number, run.reports)
+        metrics, applied = history_rows(run.task.number, run.reports.values())
         self.records.write("history", run.task.number, metrics)
         self.records.write("applied", run.task.number, applied)
 
@@ -447,7 +453,7 @@ class Sweep:
         return SweepSummary(counts=counts, best=best, run_dir=self.run_dir)
 
 
-def _reports_from_rows(history: list[dict], applied: list[dict]) -> list[dict]:
+def _reports_from_rows(history: list[dict], applied: list[dict]) -> dict[int, dict]:
     """A trial's reports rebuilt from its history and applied tables (for a resumed driver)."""
     by_step: dict[int, dict] = {}
     for row in history:
@@ -458,4 +464,4 @@ def _reports_from_rows(history: list[dict], applied: list[dict]) -> list[dict]:
     for row in applied:
         if row["step"] in by_step:
             by_step[row["step"]]["hyperparams"][row["hyperparameter"]] = row["value"]
-    return [by_step[s] for s in sorted(by_step)]
+    return by_step

@@ -40,8 +40,9 @@ def ray_session(address: Optional[str] = None) -> Iterator[None]:
     common = {"include_dashboard": False, "logging_level": logging.WARNING,
               "configure_logging": True, "log_to_driver": True}
     if address is None:
-        ray.init(address="local", _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": {"PYTHONPATH": _code_path()}}, **common)
+        # workers inherit the environment: cheaper than a runtime_env, which costs each new actor
+        os.environ["PYTHONPATH"] = _code_path()
+        ray.init(address="local", _node_ip_address="127.0.0.1", **common)
     else:
         if os.path.exists(os.path.expanduser("~/.ray/auth_token")):
             os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray 2.60 won't infer it for an address

@@ -16,8 +16,8 @@ import traceback
 from dataclasses import asdict
 from typing import Any, Iterator
 
-from runner.config import resolve_trainable
-from runner.context import Control, TrialContext, TrialInterrupted, TrialPruned, TrialTask
+from runner.context import (Control, TrialContext, TrialInterrupted, TrialPruned, TrialTask,
+                            resolve_trainable)
 
 FLUSH_SECONDS = 0.25
 FINAL = frozenset({"done", "pruned", "failed", "interrupted"})

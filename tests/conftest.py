@@ -20,8 +20,8 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=4,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([REPO] + sys.path)}},
-                 logging_level="WARNING")
+        os.environ["PYTHONPATH"] = os.pathsep.join([REPO] + sys.path)  # workers import tests.*
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                 num_cpus=4, logging_level="WARNING")
     yield ray
     ray.shutdown()
