@@ -11,6 +11,8 @@ from runner.ray_init import advertise_loopback
 from tests.pgserver import postgres_server  # noqa: F401  (a session fixture: a real PostgreSQL)
 
 advertise_loopback()  # before anything imports ray: the test Ray talks over 127.0.0.1 only
+S3_TEST_ENV = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret",
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -21,6 +23,9 @@ def ray_local():
 
     if not ray.is_initialized():
         os.environ["PYTHONPATH"] = os.pathsep.join([REPO] + sys.path)  # workers import tests.*
+        # the loopback S3 server's made-up credentials, for the workers of the s3:// run dir test
+        for name, value in S3_TEST_ENV.items():
+            os.environ.setdefault(name, value)
         ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
                  num_cpus=4, logging_level="WARNING")
     yield ray

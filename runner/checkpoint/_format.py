@@ -98,14 +98,15 @@ class _DigestSink:
     """The file object pyarrow's IPC writer writes to.
 
     pyarrow hands each body buffer over as the very `pa.Buffer` of the batch, so the sink knows
-    payloads by address: it streams each one out in cache-sized chunks, hashing each chunk just
-    before the kernel copies it (one pass over memory), and writes those checksums in place of the
-    batch's placeholder checksum buffer, which comes after the data. Every other byte feeds the
-    file digest. What `close()` writes (the footer) is held back until the digest is stamped in.
+    payloads by address: it streams each one out in chunks, checksummed on the side, and writes
+    those checksums in place of the batch's placeholder checksum buffer, which comes after the
+    data. Every other byte feeds the file digest. What `close()` writes (the footer) is held back
+    until the digest is stamped in.
     """
 
-    def __init__(self, out: Any) -> None:
+    def __init__(self, out: Any, hasher: ThreadPoolExecutor) -> None:
         self._out = out
+        self._hasher = hasher
         self._digest = xxhash.xxh3_64()
         self._pos = 0
         self._batch: _Batch | None = None
@@ -164,16 +165,28 @@ class _DigestSink:
             if lo + nbytes > view.nbytes:
                 raise RuntimeError("pyarrow split a payload buffer")
             self._send(view[done:lo])
-            checksum = xxhash.xxh3_64()
-            for at in range(lo, lo + nbytes, _CHUNK):
-                chunk = view[at:min(at + _CHUNK, lo + nbytes)]
-                checksum.update(chunk)
-                self._out.write(chunk)
-            batch.checksums[row] = checksum.intdigest()
+            batch.checksums[row] = self._checksum_out(view[lo:lo + nbytes])
             self._streamed += 1
             done = lo + nbytes
             i += 1
         self._send(view[done:])
+
+    def _checksum_out(self, payload: memoryview) -> int:
+        """Write a payload while the hasher thread checksums it, one chunk ahead of the write:
+        hashing costs no time, and each chunk is still in cache when the kernel copies it."""
+        checksum = xxhash.xxh3_64()
+        chunks = [payload[at:at + _CHUNK] for at in range(0, payload.nbytes, _CHUNK)]
+        if len(chunks) == 1:
+            checksum.update(chunks[0])
+            self._out.write(chunks[0])
+            return checksum.intdigest()
+        hashed = self._hasher.submit(checksum.update, chunks[0])
+        for k, chunk in enumerate(chunks):
+            hashed.result()
+            if k + 1 < len(chunks):
+                hashed = self._hasher.submit(checksum.update, chunks[k + 1])
+            self._out.write(chunk)
+        return checksum.intdigest()
 
     def hold_tail(self) -> None:
         self._tail = bytearray()
@@ -264,11 +277,12 @@ def write_rows(out: Any, rows: list[Row], metadata: dict[str, Any]) -> int:
     schema = SCHEMA.with_metadata({VERSION_KEY: SCHEMA_VERSION.encode(),
                                    METADATA_KEY: json.dumps(metadata).encode()})
     placeholder = _DIGEST_PREFIX + secrets.token_hex(8).encode()
-    sink = _DigestSink(out)
-    writer = pa.ipc.new_file(pa.PythonFile(sink, mode="w"), schema,
-                             metadata={DIGEST_KEY: placeholder})
-    for group in _groups(rows):
-        sink.write_batch(writer, _batch(group))
+    with ThreadPoolExecutor(1, thread_name_prefix="checkpoint-hash") as hasher:
+        sink = _DigestSink(out, hasher)
+        writer = pa.ipc.new_file(pa.PythonFile(sink, mode="w"), schema,
+                                 metadata={DIGEST_KEY: placeholder})
+        for group in _groups(rows):
+            sink.write_batch(writer, _batch(group))
     sink.hold_tail()
     writer.close()
     sink.stamp_tail(placeholder)
