@@ -1,6 +1,6 @@
 """Arrow checkpoints of a trial's whole training state: saved atomically, restored exactly.
 
-One Arrow IPC file per checkpoint (schema: docs/checkpoint-schema.md). Tensors are rows of raw,
+One Arrow IPC file per checkpoint (schema: README, "Checkpoint schema"). Tensors are rows of raw,
 aligned bytes, loaded zero-copy from a private memory map; schedule state dicts are typed rows that
 DuckDB or pyarrow can query; every byte is covered by a checksum or the file digest.
 
