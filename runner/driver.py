@@ -30,7 +30,7 @@ from runner.worker import TrialWorker, task_payload
 
 log = logging.getLogger("sweep")
 HEARTBEAT_SECONDS = 10.0
-CONTROL_POLL_SECONDS = 1.0  # pause/resume/migrate requests and orphans are looked for this often
+CONTROL_POLL_SECONDS = 1.0  # heartbeats and the scan for orphaned trials, at most this often
 HEARTBEAT_STALE_SECONDS = 60.0  # a driver silent this long is gone: its trials are resumed
 
 
@@ -185,13 +185,14 @@ class Sweep:
         self.control.set_paused(self.paused)
         self.on_event("control", {"number": number, "action": action})
 
-    def _poll_controls(self) -> None:
-        now = time.monotonic()
-        if now - self._last_poll < CONTROL_POLL_SECONDS:
-            return
-        self._last_poll = now
+    def _poll_controls(self, force: bool = False) -> None:
+        """Apply pause/resume/migrate requests; about once a second, heartbeat and adopt orphans."""
         for request in self.control.take():
             self._apply(request)
+        now = time.monotonic()
+        if not force and now - self._last_poll < CONTROL_POLL_SECONDS:
+            return
+        self._last_poll = now
         now = time.monotonic()
         if now - self._last_heartbeat >= HEARTBEAT_SECONDS:
             self._last_heartbeat = now
@@ -416,7 +417,9 @@ class Sweep:
             while self._can_start():
                 self._start_new()
             if not self.running:
-                break
+                self._poll_controls(force=True)  # a resume request or an orphan may be waiting
+                if not self.running:
+                    break
             ready, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0)
             self.on_event("tick", {})
             for stream in ready:
