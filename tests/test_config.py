@@ -115,3 +115,12 @@ def test_error_is_a_value_error_for_library_users(tmp_path):
     path.write_text(yaml.safe_dump(_with("budget.report_every", 50)))
     with pytest.raises(ConfigError, match="budget.report_every"):
         load_config(path)
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "sweeps"))))
+def test_every_shipped_sweep_validates_and_dry_runs(name, tmp_path, monkeypatch, capsys):
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sweeps", name)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", path, "--dry-run"]) == 0
+    assert "trial 2" in capsys.readouterr().out
