@@ -14,7 +14,6 @@ import warnings
 from typing import Optional, Sequence
 
 from rich.console import Console
-from rich.table import Table
 
 from runner.config import ConfigError, SweepConfig, load_config
 

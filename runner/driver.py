@@ -26,7 +26,7 @@ from runner.control import ControlChannel
 from runner.context import TrialTask, derive_seed
 from runner.records import RunRecords, child_uri, history_rows, to_json
 from runner.space import realize
-from runner.worker import TrialWorker, task_payload
+from runner.worker import task_payload
 
 log = logging.getLogger("sweep")
 HEARTBEAT_SECONDS = 10.0

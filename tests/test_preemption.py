@@ -7,7 +7,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
 import yaml

@@ -434,7 +434,7 @@ def test_both_load_orders_continue_the_schedule(order, pbt):
 def test_schedule_wins_over_direct_param_group_edits():
     model = _mlp()
     optimizer = _adamw(model)
-    scheduler = sched_torch.attach(optimizer, learning_rate=WARMUP_COSINE, b1=B1_RAMP)
+    scheduler = sched_torch.attach(optimizer, learning_rate=WARMUP_COSINE, b1=B1_RAMP)  # noqa: F841  (kept alive: its hooks hold it weakly)
     used = []
     optimizer.register_step_pre_hook(lambda opt, *_: used.append(_hyper(opt)[:2]))
     optimizer.param_groups[0]["lr"] = 42.0
