@@ -2,14 +2,18 @@
 
 Run by `make bench`. A ~100M-parameter float32 model with Adam state (~1.2 GB), saved and loaded
 in the same run, on the same disk, by every method, interleaved in a rotating order; medians (and
-bests) of REPS repetitions after a warm-up round. Targets are judged on medians; on a shared VM, bests show
-what each method does when nothing else interferes.
-Loads read a file that was just written (page cache warm) and touch every byte: xxh3 over every
-tensor on as many threads as our reader verifies with (our load's checksum verification is that
-touch). Saves are measured twice: to the page cache (fsync disabled, for every method) and
-durable (fsync before returning, as our store always does). Prints a table; writes
-bench-out/checkpoint.json. Targets are reported, not asserted.
+bests) of REPS repetitions after a warm-up round. Targets are judged on medians; on a shared VM,
+bests show what each method does when nothing else interferes.
+
+The limit for saves is the fastest of three raw writes of the same bytes (one write per tensor or
+1 MiB writes into a preallocated file, or one write per tensor without preallocation). Saves are
+measured to the page cache (fsync disabled, for every method) and durable (fsync before
+returning, as our store always does). Loads read a file just written (page cache warm) and touch
+every byte: xxh3 over every tensor on as many threads as our reader verifies with (our load's
+checksum verification is that touch); the limit is a memory-mapped read of the raw file. Prints a
+table; writes bench-out/checkpoint.json. Targets are reported, not asserted.
 """
+
 
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "bench-out"
 REPS = 11
+LOADS_PER_REP = 3
 
 
 def make_state() -> dict:
@@ -109,12 +114,14 @@ def test_bench_checkpoint():
     size = sum(t.numel() * t.element_size() for t in flat.values())
     offsets = np.cumsum([0] + [raw_bytes(t).nbytes for t in flat.values()])
 
-    def raw_write(path: Path, durable: bool, preallocate: bool = False) -> None:
+    def raw_write(path: Path, durable: bool, preallocate: bool = True, chunk: int = 0) -> None:
         with open(path, "wb", buffering=0) as f:
             if preallocate:  # reserve the blocks first, as our writer does
                 os.posix_fallocate(f.fileno(), 0, size)
             for t in flat.values():
-                f.write(raw_bytes(t))
+                data = memoryview(raw_bytes(t))
+                for at in range(0, data.nbytes, chunk or data.nbytes):
+                    f.write(data[at:at + (chunk or data.nbytes)])
             if durable:
                 os.fsync(f.fileno())
 
@@ -155,9 +162,10 @@ def test_bench_checkpoint():
         touch([raw_bytes(t) for t in safetensors_torch.load_file(str(path)).values()])
 
     methods = {  # name: (file, save, load or None)
-        "raw, no prealloc": ("raw.bin", raw_write, None),
-        "raw (limit)": ("raw.bin", lambda p, d: raw_write(p, d, preallocate=True),
-                              raw_mmap_read),
+        # raw writes of the same bytes, three ways; the fastest is the limit
+        "raw, 1 write/tensor": ("raw.bin", raw_write, raw_mmap_read),
+        "raw, 1 MiB writes": ("raw-1m.bin", lambda p, d: raw_write(p, d, chunk=1 << 20), None),
+        "raw, no prealloc": ("raw-np.bin", lambda p, d: raw_write(p, d, preallocate=False), None),
         "sweep arrow": ("ours.arrow", ours_save, ours_load),
         "torch.save/load": ("torch.pt", torch_save, torch_load),
         "torch.load mmap": ("torch.pt", None, lambda p: torch_load(p, mmap=True)),
@@ -186,10 +194,11 @@ def test_bench_checkpoint():
                 path.unlink(missing_ok=True)
                 timed(rep, name, "save durable" if durable else "save", save, path, durable)
                 os.sync()
-        for name in order:
-            file, _, load = methods[name]
-            if load is not None:
-                timed(rep, name, "load", load, work / file)
+        for _ in range(LOADS_PER_REP):  # loads are short: more samples against the noise
+            for name in order:
+                file, _, load = methods[name]
+                if load is not None:
+                    timed(rep, name, "load", load, work / file)
 
     peaks = {}
     for name, (file, save, _) in methods.items():
@@ -213,18 +222,24 @@ def test_bench_checkpoint():
     def rate(name: str, what: str, stat: str = "gb_per_s") -> float:
         return results[name][what][stat]
 
-    ours, raw = "sweep arrow", "raw (limit)"  # the faster raw write is the limit
-    comparisons = [  # (target, our measure, the other method, its measure, required ratio)
-        ("save >= 0.8x raw write (page cache)", "save", raw, "save", 0.8),
-        ("save >= 0.8x raw write (durable)", "save durable", raw, "save durable", 0.8),
-        ("save no slower than safetensors (page cache)", "save", "safetensors", "save", 1.0),
-        ("save no slower than safetensors (durable)", "save durable", "safetensors", "save durable", 1.0),
-        ("load >= 0.9x mmap read", "load", raw, "load", 0.9),
+    ours, raws = "sweep arrow", [name for name in methods if name.startswith("raw")]
+
+    def limit(what: str, stat: str) -> float:
+        return max(results[name][what][stat] for name in raws if what in results[name])
+
+    comparisons = [  # (target, our measure, the other's rate for a statistic, required ratio)
+        ("save >= 0.8x raw write (page cache)", "save", lambda st: limit("save", st), 0.8),
+        ("save >= 0.8x raw write (durable)", "save durable",
+         lambda st: limit("save durable", st), 0.8),
+        ("save no slower than safetensors (page cache)", "save",
+         lambda st: rate("safetensors", "save", st), 1.0),
+        ("save no slower than safetensors (durable)", "save durable",
+         lambda st: rate("safetensors", "save durable", st), 1.0),
+        ("load >= 0.9x mmap read", "load", lambda st: limit("load", st), 0.9),
     ]
     targets = {}
-    for target, what, other, other_what, needed in comparisons:
-        ratios = {stat: rate(ours, what, stat) / rate(other, other_what, stat)
-                  for stat in ("gb_per_s", "best_gb_per_s")}
+    for target, what, other, needed in comparisons:
+        ratios = {st: rate(ours, what, st) / other(st) for st in ("gb_per_s", "best_gb_per_s")}
         targets[target] = {"ratio_median": ratios["gb_per_s"], "ratio_best": ratios["best_gb_per_s"],
                            "met": ratios["gb_per_s"] >= needed}
     targets["peak extra memory during save <= 10% of state"] = {
@@ -235,7 +250,7 @@ def test_bench_checkpoint():
                "torch": torch.__version__, "disk_free_gb": round(shutil.disk_usage(work).free / 1e9)}
 
     print(f"\ncheckpoint benchmark: {size / 1e9:.2f} GB of float32 tensors ({len(flat)} tensors), "
-          f"median of {REPS}, page cache warm for loads; {machine}")
+          f"medians of {REPS} saves and {REPS * LOADS_PER_REP} loads (page cache warm); {machine}")
     print("GB/s: median (best)")
     print(f"{'method':<20} {'save':>13} {'save durable':>13} {'load':>13} {'peak extra':>11}")
     for name, r in results.items():
@@ -249,6 +264,7 @@ def test_bench_checkpoint():
             if "ratio_median" in t else f"{t['fraction']:.1%}"
         print(f"  {'met    ' if t['met'] else 'NOT MET'}  {target}: {shown}")
     (OUT / "checkpoint.json").write_text(json.dumps(
-        {"state_bytes": size, "tensors": len(flat), "reps": REPS, "machine": machine,
+        {"state_bytes": size, "tensors": len(flat), "reps": REPS, "loads_per_rep": LOADS_PER_REP,
+         "machine": machine,
          "results": results, "targets": targets}, indent=2))
     shutil.rmtree(work, ignore_errors=True)
