@@ -9,7 +9,10 @@ included) and stopping for pruning are the runner's job, done here.
 from __future__ import annotations
 
 import importlib
+import os
 import random
+import secrets
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -130,7 +133,11 @@ class TrialContext:
         self._control = control
         self._objects: dict[str, Any] = {}
         self._pytree: Optional[Callable[[], Any]] = None
-        self._store = CheckpointStore(task.checkpoint_root, keep_last=task.keep_last)
+        # Claims the trial's checkpoint directory: a stale worker still running this trial (its
+        # node partitioned away and given up on) can no longer write or prune checkpoints there.
+        self._store = CheckpointStore(task.checkpoint_root, keep_last=task.keep_last,
+                                      owner=f"{socket.gethostname()}:{os.getpid()}:"
+                                            f"{secrets.token_hex(8)}")
         self._restored = None
         self._last_values: dict[str, float] = {}
         seed_everything(task.seed)

@@ -85,6 +85,7 @@ class Sweep:
         self.exhausted = False
         self.control = ControlChannel(self.run_dir)
         self.paused: set[int] = self.control.paused()
+        self.superseded: set[int] = set()
         self.placement: dict[int, Optional[str]] = {}  # trial -> node to resume it on (migrate)
         self.driver_id = uuid.uuid4().hex[:12]
         self.dead_drivers: set[str] = set()
@@ -209,7 +210,8 @@ class Sweep:
         stale = time.time() - HEARTBEAT_STALE_SECONDS
         orphans = []
         for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if frozen.number in self.paused or self._in_flight(frozen.number) is not None:
+            if (frozen.number in self.paused or frozen.number in self.superseded
+                    or self._in_flight(frozen.number) is not None):
                 continue
             owner = frozen.user_attrs.get("driver")
             started = frozen.datetime_start.timestamp() if frozen.datetime_start else 0.0
@@ -248,6 +250,11 @@ class Sweep:
             self._write_history(run)
         elif kind in ("done", "pruned", "failed", "interrupted"):
             self._finish(run, event)
+            return True
+        elif kind == "superseded":  # another driver's worker claimed the trial: it is theirs now
+            self.superseded.add(run.task.number)
+            self.idle.append(run.worker)
+            self.on_event("superseded", {"number": run.task.number, "reason": event["reason"]})
             return True
         return False
 

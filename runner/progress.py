@@ -51,6 +51,10 @@ class Progress:
         elif kind == "restarted":
             self.console.print(f"trial {info['number']} lost its worker; restarting from step "
                                f"{info['from_step']}", highlight=False)
+        elif kind == "superseded":
+            self.running.pop(info["number"], None)
+            self.console.print(f"trial {info['number']} is run by another worker now; this one "
+                               f"stopped ({info['reason']})", highlight=False)
         elif kind == "finished":
             self.running.pop(info["number"], None)
             self.counts[info["state"]] = self.counts.get(info["state"], 0) + 1

@@ -16,11 +16,12 @@ import traceback
 from dataclasses import asdict
 from typing import Any, Iterator
 
+from runner.checkpoint import SupersededError
 from runner.context import (Control, TrialContext, TrialInterrupted, TrialPruned, TrialTask,
                             resolve_trainable)
 
 FLUSH_SECONDS = 0.25
-FINAL = frozenset({"done", "pruned", "failed", "interrupted"})
+FINAL = frozenset({"done", "pruned", "failed", "interrupted", "superseded"})
 
 
 class TrialWorker:
@@ -102,6 +103,8 @@ class TrialWorker:
             events.put({"type": "pruned", "reason": str(exc)})
         except TrialInterrupted as exc:
             events.put({"type": "interrupted", "reason": str(exc)})
+        except SupersededError as exc:  # another worker runs this trial now: stop, record nothing
+            events.put({"type": "superseded", "reason": str(exc)})
         except BaseException as exc:  # the trainable's own error: record it, keep the worker
             events.put({"type": "failed", "error": f"{type(exc).__name__}: {exc}",
                         "traceback": traceback.format_exc()})

@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from runner.checkpoint import (SCHEMA_VERSION, CheckpointError, CheckpointStore, read_checkpoint,
-                               write_checkpoint)
+from runner.checkpoint import (SCHEMA_VERSION, CheckpointError, CheckpointStore, SupersededError,
+                               read_checkpoint, write_checkpoint)
 from runner.checkpoint import _format, _store
 
 torch = pytest.importorskip("torch")
@@ -504,6 +504,33 @@ def test_failed_save_keeps_previous_and_leaves_no_temp(tmp_path, monkeypatch):
 # retention
 
 
+def test_a_superseded_writer_can_neither_publish_nor_prune(tmp_path, monkeypatch):
+    stale = CheckpointStore(str(tmp_path), keep_last=1, owner="stale")
+    stale.save(1, {"w": torch.ones(10)})
+    replacement = CheckpointStore(str(tmp_path), keep_last=1, owner="replacement")
+    assert replacement.owner() == "replacement" and replacement.latest().step == 1
+    with pytest.raises(SupersededError, match="claimed by writer 'replacement'"):
+        stale.save(2, {"w": torch.ones(10)})
+    replacement.save(3, {"w": torch.full((10,), 3.0)})
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-000000003.arrow", "owner.json"]
+
+    # Claimed while the stale writer's file is being written: it is never published.
+    original = _format._DigestSink.write
+    claimed = []
+
+    def claim_midway(self, data):
+        if self.tell() > 1000 and not claimed:
+            claimed.append(CheckpointStore(str(tmp_path), owner="third"))
+        return original(self, data)
+
+    monkeypatch.setattr(_format._DigestSink, "write", claim_midway)
+    with pytest.raises(SupersededError, match="claimed by writer 'third'"):
+        replacement.save(4, {"w": torch.ones(10_000)})
+    monkeypatch.setattr(_format._DigestSink, "write", original)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-000000003.arrow", "owner.json"]
+    assert claimed[0].latest().state["w"][0] == 3.0
+
+
 def test_retention_keeps_last_and_best(tmp_path):
     losses = {1: 5.0, 2: 1.0, 3: 4.0, 4: float("nan"), 5: 3.0, 6: 6.0, 7: 2.5}
     store = CheckpointStore(str(tmp_path), keep_last=2, keep_best=2, metric="loss", mode="min")
@@ -543,14 +570,14 @@ def test_async_save_snapshots_and_keeps_one_save_in_flight(tmp_path, monkeypatch
     active, most = [0], [0]
     lock = threading.Lock()
 
-    def slow_write(fs, path, rows, metadata):
+    def slow_write(fs, path, rows, metadata, *rest):
         with lock:
             active[0] += 1
             most[0] = max(most[0], active[0])
         try:
             if path.endswith("ckpt-000000001.arrow") and not release.wait(30):
                 raise AssertionError("save() did not return while the write was blocked")
-            real_write(fs, path, rows, metadata)
+            real_write(fs, path, rows, metadata, *rest)
         finally:
             with lock:
                 active[0] -= 1
@@ -662,6 +689,14 @@ def test_s3_store_against_a_local_server(s3_server, tmp_path, monkeypatch, caplo
         latest = CheckpointStore(root).latest()
     assert latest.step == 2 and latest.metadata["metrics"] == {"loss": 0.5}
     assert "ckpt-000000003.arrow" in caplog.text and "test-secret" not in caplog.text
+
+    fenced = root.replace("trial-3", "trial-4")
+    stale = CheckpointStore(fenced, owner="stale")
+    stale.save(1, state)
+    assert CheckpointStore(fenced, owner="replacement").owner() == "replacement"
+    with pytest.raises(SupersededError, match="claimed by writer 'replacement'"):
+        stale.save(2, state)
+    assert stale.steps() == [1]
 
 
 def test_credentials_in_uris_are_redacted(tmp_path):

@@ -77,6 +77,24 @@ def test_retries_rerun_a_raising_trial_under_the_same_number(tmp_path):
         assert entry["reason"].startswith("retry after RuntimeError: first attempt fails")
 
 
+def test_a_superseded_worker_stops_without_recording_the_trial(tmp_path):
+    config = _config(tmp_path, trainable="tests.trainables:claimed_midway",
+                     budget={"steps": 40, "report_every": 4, "checkpoint_every": 2},
+                     search={"sampler": "random", "seed": 0, "n_trials": 1})
+    events = []
+    sweep = Sweep(config, on_event=lambda kind, info: events.append((kind, info)))
+    sweep.run()
+    superseded = [info for kind, info in events if kind == "superseded"]
+    assert [info["number"] for info in superseded] == [0]
+    assert "claimed by writer 'the replacement'" in superseded[0]["reason"]
+    assert not [info for kind, info in events if kind == "finished"]
+    # The trial belongs to its new worker: not told, and only the checkpoint from before the claim.
+    (trial,) = sweep.study.get_trials(deepcopy=False)
+    assert trial.state.name == "RUNNING"
+    root = trial.user_attrs["checkpoint_root"]
+    assert sorted(os.listdir(root)) == ["ckpt-000000002.arrow", "owner.json"]
+
+
 def test_conditional_space_samples_only_the_chosen_branch(tmp_path):
     lr = {"choice": [
         {"kind": "cosine_decay", "init_value": {"loguniform": [1e-4, 1e-1]}, "decay_steps": 40},

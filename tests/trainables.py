@@ -45,3 +45,15 @@ def fails_once(ctx: TrialContext) -> None:
         open(marker, "w").close()
         raise RuntimeError("first attempt fails")
     quadratic(ctx)
+
+
+def claimed_midway(ctx: TrialContext) -> None:
+    """After its first checkpoint, another writer claims the trial's checkpoint directory, as the
+    replacement of a worker written off by the driver would."""
+    from runner.checkpoint import CheckpointStore
+
+    for step in ctx.steps():
+        if step == ctx.task.checkpoint_every + 1:
+            CheckpointStore(ctx.task.checkpoint_root, owner="the replacement")
+        if ctx.report_due(step):
+            ctx.report(step + 1, loss=1.0)

@@ -19,7 +19,7 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
@@ -33,7 +33,9 @@ from runner.checkpoint._tree import build, check_json, flatten, restore_like, sn
 logger = logging.getLogger("runner.checkpoint")
 
 _NAME_RE = re.compile(r"ckpt-(\d+)\.arrow")
-_TEMP_RE = re.compile(r"\.ckpt-\d+\.arrow\.tmp-(?P<host>.*)-(?P<pid>\d+)-[0-9a-f]{8}")
+_OWNER_FILE = "owner.json"
+_TEMP_RE = re.compile(
+    r"\.(?:ckpt-\d+\.arrow|owner\.json)\.tmp-(?P<host>.*)-(?P<pid>\d+)-[0-9a-f]{8}")
 # Stores where an object appears whole when its upload completes, so no temp name is needed.
 _OBJECT_STORES = {"s3", "gcs", "abfs"}
 _SECRET_PARAMS = {"access_key", "secret_key", "session_token"}
@@ -41,6 +43,10 @@ _FALLOCATE = getattr(ctypes.CDLL(None, use_errno=True), "fallocate", None) \
     if sys.platform.startswith("linux") else None
 if _FALLOCATE is not None:
     _FALLOCATE.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+class SupersededError(CheckpointError):
+    """Another writer has claimed the checkpoint directory since this one did: this one is stale."""
 
 
 @dataclass
@@ -130,8 +136,11 @@ def _temp_name(path: str) -> str:
                                    f"{secrets.token_hex(4)}")
 
 
-def _write(fs: pafs.FileSystem, path: str, rows: list[Row], metadata: dict[str, Any]) -> None:
-    """Write atomically: the file at `path` is either the old one or the complete new one."""
+def _write(fs: pafs.FileSystem, path: str, rows: list[Row], metadata: dict[str, Any],
+           before_commit: Callable[[], None] = lambda: None) -> None:
+    """Write atomically: the file at `path` is either the old one or the complete new one.
+    `before_commit` runs just before a rename makes the file visible and may raise to prevent it
+    (an object store's upload cannot be aborted, so there it is not called)."""
     if isinstance(fs, pafs.LocalFileSystem):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = _temp_name(path)
@@ -143,6 +152,7 @@ def _write(fs: pafs.FileSystem, path: str, rows: list[Row], metadata: dict[str, 
                 os.fsync(out.fileno())
             finally:
                 out.close()
+            before_commit()
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -165,6 +175,7 @@ def _write(fs: pafs.FileSystem, path: str, rows: list[Row], metadata: dict[str, 
         try:
             with fs.open_output_stream(tmp) as out:
                 size = write_rows(out, rows, metadata)
+            before_commit()
             fs.move(tmp, path)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -233,11 +244,18 @@ class CheckpointStore:
     `save` copies the payloads to host memory and writes in a background thread (at most one save
     in flight); a state bigger than `max_pending_bytes` is instead written synchronously, streamed,
     so host memory stays bounded.
+
+    With `owner` (a token unique to this writer), opening the store claims the directory, and each
+    save first checks the claim: once a newer writer has claimed it (the replacement of a worker
+    on a partitioned node that the driver gave up on), the stale writer's saves raise
+    SupersededError instead of landing or pruning the new writer's checkpoints. On local and HDFS
+    paths the check runs just before the rename that publishes a file; on object stores, where an
+    upload cannot be aborted, before the upload starts.
     """
 
     def __init__(self, root: str, *, keep_last: int = 2, keep_best: int = 0,
                  metric: str | None = None, mode: str = "min", async_save: bool = False,
-                 max_pending_bytes: int | None = None) -> None:
+                 max_pending_bytes: int | None = None, owner: str | None = None) -> None:
         if keep_last < 1:
             raise ValueError("keep_last must be at least 1: the newest checkpoint is always kept")
         if keep_best < 0 or (keep_best and not metric):
@@ -255,12 +273,50 @@ class CheckpointStore:
         if isinstance(self._fs, pafs.LocalFileSystem):
             os.makedirs(self._path, exist_ok=True)
             self._remove_stale_temps()
+        self._owner = owner
+        if owner is not None:
+            self._claim(owner)
 
     def __enter__(self) -> CheckpointStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _owner_path(self) -> str:
+        return f"{self._path.rstrip('/')}/{_OWNER_FILE}"
+
+    def _claim(self, owner: str) -> None:
+        data = json.dumps({"owner": owner, "host": socket.gethostname(), "pid": os.getpid(),
+                           "claimed": datetime.now(timezone.utc).isoformat()}).encode()
+        path = self._owner_path()
+        if isinstance(self._fs, pafs.LocalFileSystem):
+            tmp = _temp_name(path)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(self._path)
+        else:  # an object appears whole; on HDFS a reader mid-write sees no valid claim: stale
+            with self._fs.open_output_stream(path) as out:
+                out.write(data)
+
+    def owner(self) -> str | None:
+        """The token of the writer that claimed the directory last; None when there is no
+        complete claim. An I/O error propagates: it says nothing about who owns the directory."""
+        try:
+            with self._fs.open_input_stream(self._owner_path()) as f:
+                claim = json.loads(f.read())
+        except FileNotFoundError:
+            return None
+        except ValueError:  # a claim being written (HDFS) or torn
+            return None
+        return claim.get("owner") if isinstance(claim, dict) else None
+
+    def _check_owner(self) -> None:
+        if self._owner is not None and (current := self.owner()) != self._owner:
+            raise SupersededError(f"{redact(self.root)}: claimed by writer {current!r} since this "
+                                  f"writer ({self._owner!r}) opened it; not writing")
 
     def _file(self, step: int) -> str:
         return f"{self._path.rstrip('/')}/ckpt-{step:09d}.arrow"
@@ -309,8 +365,10 @@ class CheckpointStore:
         return self.uri(step)
 
     def _commit(self, step: int, rows: list[Row], metadata: dict[str, Any]) -> None:
-        _write(self._fs, self._file(step), rows, metadata)
+        self._check_owner()
+        _write(self._fs, self._file(step), rows, metadata, self._check_owner)
         self._metrics[step] = self._metric_value(metadata)
+        self._check_owner()
         self._prune(step)
 
     def _metric_value(self, metadata: dict[str, Any]) -> float | None:
