@@ -16,107 +16,26 @@ from hypothesis import strategies as st
 
 import schedules
 from schedules import KINDS, ScheduleError
+from tests.spec_strategies import Ranges, joins, kind, stateless_specs
 
 # --- valid specs of every kind --------------------------------------------------------------------
 # Magnitudes an optimizer hyperparameter can take: zero, or between 1e-12 and 1e6 either sign.
 # Rates run from strong decay to doubling; factors over eight decades; lengths up to 20k steps.
 
 VALUE = st.just(0.0) | st.floats(1e-12, 1e6) | st.floats(-1e6, -1e-12)
-STEPS = st.integers(0, 20_000)
-POSITIVE_STEPS = st.integers(1, 20_000)
-RATE = st.floats(1e-3, 2.0)
-POWER = st.floats(1e-2, 10.0)
 FACTOR = st.floats(1e-3, 1e5)
-FRACTION = st.floats(0.01, 0.99)
-SCALES = st.dictionaries(st.integers(0, 30_000).map(str), st.floats(0.0, 10.0), max_size=6)
-
-
-def _kind(kind: str, required: dict, optional: dict | None = None) -> st.SearchStrategy[dict]:
-    return st.fixed_dictionaries({"kind": st.just(kind), **required}, optional=optional or {})
-
-
-@st.composite
-def _warmup_cosine_kwargs(draw) -> dict:
-    warmup = draw(STEPS)
-    return draw(st.fixed_dictionaries(
-        {"init_value": VALUE, "peak_value": VALUE, "warmup_steps": st.just(warmup),
-         "decay_steps": st.integers(warmup + 1, warmup + 20_000)},
-        optional={"end_value": VALUE, "exponent": POWER}))
-
-
-@st.composite
-def _linear_onecycle(draw) -> dict:
-    spec = draw(_kind("linear_onecycle", {"transition_steps": POSITIVE_STEPS, "peak_value": VALUE},
-                      {"div_factor": FACTOR, "final_div_factor": FACTOR}))
-    if draw(st.booleans()):
-        spec["pct_start"] = draw(st.floats(0.01, 0.9))
-        spec["pct_final"] = draw(st.floats(spec["pct_start"], 0.99, exclude_min=True))
-    return spec
-
-
-@st.composite
-def _exponential(draw, kind: str, base: str, **required) -> dict:
-    """Decay, or growth (rate > 1) of a positive ``base`` value up to a positive end_value."""
-    rate = draw(RATE)
-    positive = st.floats(1e-12, 1e6)
-    growth = {base: positive, "end_value": positive} if rate > 1.0 else {}
-    return draw(_kind(kind, {**required, **growth, "transition_steps": POSITIVE_STEPS,
-                             "decay_rate": st.just(rate)},
-                      {"transition_begin": STEPS, "staircase": st.booleans(),
-                       **({} if growth else {"end_value": st.none() | VALUE})}))
-
-
-STATELESS: dict[str, st.SearchStrategy[dict]] = {
-    "constant": _kind("constant", {"value": VALUE}),
-    "linear": _kind("linear", {"init_value": VALUE, "end_value": VALUE, "transition_steps": STEPS},
-                    {"transition_begin": STEPS}),
-    "polynomial": _kind("polynomial", {"init_value": VALUE, "end_value": VALUE, "power": POWER,
-                                       "transition_steps": STEPS}, {"transition_begin": STEPS}),
-    "cosine_decay": _kind("cosine_decay", {"init_value": VALUE, "decay_steps": POSITIVE_STEPS},
-                          {"alpha": VALUE, "exponent": POWER}),
-    "exponential_decay": _exponential("exponential_decay", "init_value", init_value=VALUE),
-    "piecewise_constant": _kind("piecewise_constant", {"init_value": VALUE,
-                                                       "boundaries_and_scales": SCALES}),
-    "piecewise_interpolate": _kind("piecewise_interpolate", {
-        "interpolate_type": st.sampled_from(["linear", "cosine"]), "init_value": VALUE,
-        "boundaries_and_scales": SCALES}),
-    "warmup_constant": _kind("warmup_constant", {"init_value": VALUE, "peak_value": VALUE,
-                                                 "warmup_steps": STEPS}),
-    "warmup_cosine_decay": _warmup_cosine_kwargs().map(
-        lambda kw: {"kind": "warmup_cosine_decay", **kw}),
-    "warmup_exponential_decay": _exponential("warmup_exponential_decay", "peak_value",
-                                             init_value=VALUE,
-                                             peak_value=VALUE, warmup_steps=STEPS),
-    "linear_onecycle": _linear_onecycle(),
-    "cosine_onecycle": _kind("cosine_onecycle", {"transition_steps": POSITIVE_STEPS,
-                                                 "peak_value": VALUE},
-                             {"pct_start": FRACTION, "div_factor": FACTOR,
-                              "final_div_factor": FACTOR}),
-    "sgdr": st.lists(_warmup_cosine_kwargs(), min_size=1, max_size=3).map(
-        lambda cycles: {"kind": "sgdr", "cosine_kwargs": cycles}),
-    "wsd": _kind("wsd", {"peak_value": VALUE, "warmup_steps": STEPS, "stable_steps": STEPS,
-                         "decay_steps": POSITIVE_STEPS},
-                 {"init_value": VALUE, "end_value": VALUE,
-                  "decay_type": st.sampled_from(["linear", "cosine", "1-sqrt"])}),
-    "cyclic": _kind("cyclic", {"base_value": VALUE, "max_value": VALUE,
-                               "step_size_up": POSITIVE_STEPS},
-                    {"step_size_down": st.none() | POSITIVE_STEPS,
-                     "mode": st.sampled_from(["triangular", "triangular2", "exp_range"]),
-                     "gamma": st.floats(1e-3, 1.0)}),
-}
-
-
-@st.composite
-def _join(draw, parts: st.SearchStrategy[dict]) -> dict:
-    schedules_ = draw(st.lists(parts, min_size=1, max_size=4))
-    bounds = draw(st.lists(st.integers(0, 30_000), min_size=len(schedules_) - 1,
-                           max_size=len(schedules_) - 1, unique=True))
-    return {"kind": "join", "schedules": schedules_, "boundaries": sorted(bounds)}
-
-
-STATELESS["join"] = st.recursive(st.one_of(list(STATELESS.values())), _join, max_leaves=6).filter(
+RANGES = Ranges(
+    value=VALUE, steps=st.integers(0, 20_000), lengths=st.integers(1, 20_000),
+    warmup=st.integers(0, 20_000), decay_span=20_000, exponent=st.floats(1e-2, 10.0), alpha=VALUE,
+    rate=st.floats(1e-3, 2.0), positive=st.floats(1e-12, 1e6), div_factor=FACTOR,
+    final_div_factor=FACTOR, pct_start=st.floats(0.01, 0.99), linear_pct=(0.01, 0.9, 0.0, 0.99),
+    scales=st.dictionaries(st.integers(0, 30_000).map(str), st.floats(0.0, 10.0), max_size=6),
+    join_bound=30_000)
+STATELESS = stateless_specs(RANGES)
+STATELESS["join"] = st.recursive(st.one_of(list(STATELESS.values())),
+                                 lambda parts: joins(parts, RANGES), max_leaves=6).filter(
     lambda spec: spec["kind"] == "join")
-PLATEAU = _kind("reduce_on_plateau", {"init_value": VALUE}, {
+PLATEAU = kind("reduce_on_plateau", {"init_value": VALUE}, {
     "mode": st.sampled_from(["min", "max"]), "factor": st.floats(0.01, 0.99),
     "patience": st.integers(0, 20), "threshold": st.floats(0.0, 1.0),
     "threshold_mode": st.sampled_from(["rel", "abs"]), "cooldown": st.integers(0, 20),
