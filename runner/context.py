@@ -103,7 +103,10 @@ def restore_rng(state: Mapping[str, Any]) -> None:
     if torch is not None and "torch" in state:
         torch.set_rng_state(_cpu_tensor(state["torch"]))
         if "torch_cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([_cpu_tensor(s) for s in state["torch_cuda"]])
+            # A trial resumed on a node with fewer GPUs than it was saved on keeps the streams of
+            # the devices it still has (device i's stream goes back to device i).
+            saved = state["torch_cuda"][:torch.cuda.device_count()]
+            torch.cuda.set_rng_state_all([_cpu_tensor(s) for s in saved])
 
 
 def _cpu_tensor(value):
