@@ -54,6 +54,17 @@ class Budget(_Strict):
         return self
 
 
+class Checkpointing(_Strict):
+    """Retention and background saving of each trial's checkpoints (how often: budget)."""
+
+    keep_last: int = Field(default=2, ge=1)
+    keep_best: int = Field(default=0, ge=0)
+    metric: Optional[str] = Field(default=None, min_length=1)
+    mode: Optional[Literal["min", "max"]] = None
+    async_save: bool = False
+    max_pending_mb: float = Field(default=1024.0, gt=0)
+
+
 class Search(_Strict):
     sampler: Literal["tpe", "random", "cmaes", "gp", "grid", "nsga2", "qmc"] = "tpe"
     seed: Optional[int] = None
@@ -92,6 +103,7 @@ class SweepConfig(_Strict):
     budget: Budget
     search: Search
     pruner: Pruner = Field(default_factory=Pruner)
+    checkpoint: Checkpointing = Field(default_factory=Checkpointing)
     hyperparams: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
@@ -133,7 +145,27 @@ class SweepConfig(_Strict):
         if self.objectives_count > 1 and self.search.sampler == "cmaes":
             raise ValueError("search.sampler: expected a multi-objective sampler (nsga2, tpe, "
                              "random, gp, qmc, grid) with several objectives, got 'cmaes'")
+        if self.checkpoint.keep_best and self.checkpoint.mode is None and \
+                self.best_metric not in {o.metric for o in self.objectives}:
+            raise ValueError(f"checkpoint.mode: expected min or max for metric "
+                             f"{self.best_metric!r}, which is not an objective")
         return self
+
+    @property
+    def best_metric(self) -> str:
+        """The metric the best checkpoints are kept by: by default the (first) objective's."""
+        return self.checkpoint.metric or self.objectives[0].metric
+
+    def store_options(self) -> dict[str, Any]:
+        """Keyword arguments for each trial's CheckpointStore."""
+        ckpt = self.checkpoint
+        options: dict[str, Any] = {"keep_last": ckpt.keep_last, "async_save": ckpt.async_save,
+                                   "max_pending_bytes": int(ckpt.max_pending_mb * 2**20)}
+        if ckpt.keep_best:
+            direction = {o.metric: o.direction for o in self.objectives}.get(self.best_metric)
+            mode = ckpt.mode or ("min" if direction == "minimize" else "max")
+            options.update(keep_best=ckpt.keep_best, metric=self.best_metric, mode=mode)
+        return options
 
     @property
     def objectives(self) -> list[Objective]:

@@ -67,7 +67,7 @@ class TrialTask:
     objective_metrics: list[str]
     wait_for_pruning: bool
     metadata: dict[str, Any] = field(default_factory=dict)
-    keep_last: int = 2
+    store_options: dict[str, Any] = field(default_factory=dict)  # CheckpointStore keywords
 
 
 def derive_seed(sweep_seed: int, number: int) -> int:
@@ -138,9 +138,10 @@ class TrialContext:
         self._pytree: Optional[Callable[[], Any]] = None
         # Claims the trial's checkpoint directory: a stale worker still running this trial (its
         # node partitioned away and given up on) can no longer write or prune checkpoints there.
-        self._store = CheckpointStore(task.checkpoint_root, keep_last=task.keep_last,
+        self._store = CheckpointStore(task.checkpoint_root, **task.store_options,
                                       owner=f"{socket.gethostname()}:{os.getpid()}:"
                                             f"{secrets.token_hex(8)}")
+        self._unannounced: Optional[dict] = None  # the checkpoint event of a save in flight
         self._restored = None
         self._last_values: dict[str, float] = {}
         seed_everything(task.seed)
@@ -210,10 +211,12 @@ class TrialContext:
         for step in range(self.start_step, self.task.steps):
             yield step
             done = step + 1
+            self._announce(wait=False)
             interrupt = self._control.interrupt_requested(self.number)
             if done < self.task.steps and (done % every == 0 or interrupt):
                 self.checkpoint(done)
             if interrupt and done < self.task.steps:
+                self._announce(wait=True)  # the driver resumes the trial from this checkpoint
                 raise TrialInterrupted(interrupt)
 
     def report_due(self, step: int) -> bool:
@@ -243,8 +246,27 @@ class TrialContext:
         metadata = dict(self.task.metadata, trial=self.number, step=step,
                         schedule_specs=self.task.schedule_specs, params=self.task.params,
                         device=self.device)
-        uri = self._store.save(step, state, metadata)
-        self._emit({"type": "checkpoint", "step": step, "uri": uri})
+        self._announce(wait=True)  # the save in flight, if any, ends before this one starts
+        # the metrics last reported: what the store ranks its best checkpoints by
+        uri = self._store.save(step, state, metadata, metrics=self._last_values)
+        self._unannounced = {"type": "checkpoint", "step": step, "uri": uri}
+        self._announce(wait=False)
+
+    def _announce(self, wait: bool) -> None:
+        """Tell the driver of the last save once it is durable (at once unless it is in flight,
+        or after waiting for it); the save's error, such as SupersededError, is raised here."""
+        if self._unannounced is None or not (wait or self._store.idle()):
+            return
+        self._store.wait()
+        event, self._unannounced = self._unannounced, None
+        self._emit(event)
+
+    def close(self) -> None:
+        """Finish the save in flight (announcing it) and release the store; safe to repeat."""
+        try:
+            self._announce(wait=True)
+        finally:
+            self._store.close()
 
     def final_values(self) -> dict[str, float]:
         return dict(self._last_values)

@@ -106,7 +106,7 @@ class Sweep:
             seed=derive_seed(self.config.seed, trial.number),
             checkpoint_root=self._checkpoint_root(trial.number),
             objective_metrics=self.objectives, wait_for_pruning=self.pruning,
-            metadata={"sweep": self.config.name})
+            metadata={"sweep": self.config.name}, store_options=self.config.store_options())
 
     def _worker(self, number: Optional[int] = None):
         """A pooled worker, or a fresh one where the trial must go to (or leave) a given node."""
@@ -237,8 +237,12 @@ class Sweep:
             previous = run.node
             run.node, run.node_id = event.get("ip", ""), event.get("node_id", "")
             run.step = event["step"]
+            # The worker's resume step is the truth: the last checkpoint announced may lag behind
+            # the last durable one (a background save, or a kill just after a save). Reports after
+            # it are redone and reported again.
+            run.reports = {s: r for s, r in run.reports.items() if s <= run.step}
             if run.restart_log and run.restart_log[-1].get("to_node") is None:
-                run.restart_log[-1]["to_node"] = run.node_id
+                run.restart_log[-1].update(to_node=run.node_id, from_step=run.step)
             self.on_event("placed", {"number": run.task.number, "node_id": run.node_id,
                                      "pid": event.get("pid"), "step": event["step"],
                                      "accelerators": event.get("accelerators", {}),
@@ -337,7 +341,6 @@ class Sweep:
         run.restart_log.append({"time": run.lost_at, "from_node": run.node_id,
                                 "from_step": run.checkpoint_step, "reason": reason,
                                 "to_node": None})
-        run.reports = {s: r for s, r in run.reports.items() if s <= run.checkpoint_step}
         run.trial.set_user_attr("restarts", run.restarts)
         run.trial.set_user_attr("restart_log", run.restart_log)
 

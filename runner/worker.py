@@ -89,12 +89,14 @@ class TrialWorker:
             del self._answers[trial.number]
             return bool(answer[1][0])
 
-        context = None
         try:
             fn = resolve_trainable(trial.trainable)
             context = TrialContext(trial, emit, self.control)
             events.put({"type": "started", "step": context.start_step, **self.where()})
-            returned = fn(context)
+            try:
+                returned = fn(context)
+            finally:  # whatever the outcome, the last checkpoint is durable and announced first
+                context.close()
             values = context.final_values()
             if isinstance(returned, dict):
                 values.update({k: float(v) for k, v in returned.items()})

@@ -66,6 +66,9 @@ BAD = [
     ("password in url", {**GOOD, "study_storage": "postgresql://me:secret@127.0.0.1/db"}, "study_storage: Value error, expected no password"),
     ("pruner with two objectives", {**GOOD, "objective": [{"metric": "a"}, {"metric": "b"}], "pruner": {"kind": "median"}}, "pruner.kind: expected 'none' with several objectives"),
     ("not a mapping", [1, 2], "expected a mapping of keys at the top level"),
+    ("keep no checkpoint", {**GOOD, "checkpoint": {"keep_last": 0}}, "checkpoint.keep_last: Input should be greater than or equal to 1"),
+    ("unknown checkpoint key", {**GOOD, "checkpoint": {"keep": 3}}, "checkpoint.keep: unknown key"),
+    ("best by a metric of unknown sense", {**GOOD, "checkpoint": {"keep_best": 1, "metric": "acc"}}, "checkpoint.mode: expected min or max for metric 'acc', which is not an objective"),
 ]
 
 
@@ -108,6 +111,23 @@ def test_good_config_loads_and_dry_run_prints_sampled_schedules(tmp_path, monkey
     out = capsys.readouterr().out
     assert "trial 0" in out and "learning_rate" in out and '"kind"' in out
     assert not (tmp_path / "runs").exists()
+
+
+def test_checkpoint_options_reach_the_store(tmp_path):
+    def options(checkpoint, objective=GOOD["objective"]):
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump({**GOOD, "objective": objective, "checkpoint": checkpoint}))
+        return load_config(path).store_options()
+
+    assert options({}) == {"keep_last": 2, "async_save": False, "max_pending_bytes": 1024 << 20}
+    # best by the objective, in its direction, unless told otherwise
+    assert options({"keep_best": 1}, {"metric": "acc", "direction": "maximize"}) == {
+        "keep_last": 2, "async_save": False, "max_pending_bytes": 1024 << 20,
+        "keep_best": 1, "metric": "acc", "mode": "max"}
+    assert options({"keep_last": 1, "keep_best": 2, "metric": "val_acc", "mode": "max",
+                    "async_save": True, "max_pending_mb": 0.5}) == {
+        "keep_last": 1, "async_save": True, "max_pending_bytes": 1 << 19,
+        "keep_best": 2, "metric": "val_acc", "mode": "max"}
 
 
 def test_error_is_a_value_error_for_library_users(tmp_path):

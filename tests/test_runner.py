@@ -95,6 +95,22 @@ def test_a_superseded_worker_stops_without_recording_the_trial(tmp_path):
     assert sorted(os.listdir(root)) == ["ckpt-000000002.arrow", "owner.json"]
 
 
+def test_background_saves_keep_the_newest_and_the_best_checkpoint(tmp_path):
+    config = _config(tmp_path, trainable="tests.trainables:valley",
+                     budget={"steps": 40, "report_every": 4, "checkpoint_every": 8},
+                     search={"sampler": "random", "seed": 0, "n_trials": 1},
+                     checkpoint={"keep_last": 1, "keep_best": 1, "async_save": True})
+    Sweep(config).run()
+    assert _trials(config)[0]["state"] == "COMPLETE"
+    root = os.path.join(config.run_dir(), "checkpoints", "trial-00000")
+    # checkpoints at 8, 16, 24, 32 with loss |step - 18| = 10, 2, 6, 14: 16 is the best, 32 the last
+    assert sorted(os.listdir(root)) == ["ckpt-000000016.arrow", "ckpt-000000032.arrow", "owner.json"]
+    from runner.checkpoint import read_checkpoint
+
+    assert read_checkpoint(os.path.join(root, "ckpt-000000016.arrow")).metadata["metrics"] == {
+        "loss": 2.0}
+
+
 def test_conditional_space_samples_only_the_chosen_branch(tmp_path):
     lr = {"choice": [
         {"kind": "cosine_decay", "init_value": {"loguniform": [1e-4, 1e-1]}, "decay_steps": 40},

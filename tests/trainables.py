@@ -57,3 +57,12 @@ def claimed_midway(ctx: TrialContext) -> None:
             CheckpointStore(ctx.task.checkpoint_root, owner="the replacement")
         if ctx.report_due(step):
             ctx.report(step + 1, loss=1.0)
+
+
+def valley(ctx: TrialContext) -> None:
+    """Loss is lowest a little before halfway through the budget: the best checkpoint is not the
+    newest."""
+    middle = 0.45 * ctx.steps_total
+    for step in ctx.steps():
+        if ctx.report_due(step):
+            ctx.report(step + 1, loss=abs(step + 1 - middle))

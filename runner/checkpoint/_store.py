@@ -420,6 +420,10 @@ class CheckpointStore:
                 continue
         return None
 
+    def idle(self) -> bool:
+        """True when no save is running: each one so far is durable, or failed (see `wait`)."""
+        return self._pending is None or self._pending.done()
+
     def wait(self) -> None:
         """Block until the save in flight (if any) is durable; re-raise its error."""
         pending, self._pending = self._pending, None
