@@ -145,7 +145,11 @@ class SweepConfig(_Strict):
         if self.objectives_count > 1 and self.search.sampler == "cmaes":
             raise ValueError("search.sampler: expected a multi-objective sampler (nsga2, tpe, "
                              "random, gp, qmc, grid) with several objectives, got 'cmaes'")
-        if self.checkpoint.keep_best and self.checkpoint.mode is None and \
+        ckpt = self.checkpoint
+        if not ckpt.keep_best and (ckpt.metric or ckpt.mode):
+            raise ValueError("checkpoint.keep_best: expected at least 1 where a metric or mode "
+                             "ranks the best checkpoints")
+        if ckpt.keep_best and ckpt.mode is None and \
                 self.best_metric not in {o.metric for o in self.objectives}:
             raise ValueError(f"checkpoint.mode: expected min or max for metric "
                              f"{self.best_metric!r}, which is not an objective")

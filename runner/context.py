@@ -149,6 +149,9 @@ class TrialContext:
         if self._restored is not None:
             self.start_step = int(self._restored.state["position"]["step"])
             self.extras = dict(self._restored.state.get("extras") or {})
+            # the values reported last before the checkpoint: ranked by retention, and the
+            # trial's outcome if nothing is reported after the resume
+            self._last_values = dict(self._restored.metadata.get("metrics") or {})
             self._check_specs(self._restored.metadata)
 
     @property
@@ -257,8 +260,8 @@ class TrialContext:
         or after waiting for it); the save's error, such as SupersededError, is raised here."""
         if self._unannounced is None or not (wait or self._store.idle()):
             return
+        event, self._unannounced = self._unannounced, None  # a failed save is never announced
         self._store.wait()
-        event, self._unannounced = self._unannounced, None
         self._emit(event)
 
     def close(self) -> None:

@@ -243,6 +243,7 @@ class Sweep:
             run.reports = {s: r for s, r in run.reports.items() if s <= run.step}
             if run.restart_log and run.restart_log[-1].get("to_node") is None:
                 run.restart_log[-1].update(to_node=run.node_id, from_step=run.step)
+                run.trial.set_user_attr("restart_log", run.restart_log)
             self.on_event("placed", {"number": run.task.number, "node_id": run.node_id,
                                      "pid": event.get("pid"), "step": event["step"],
                                      "accelerators": event.get("accelerators", {}),

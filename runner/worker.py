@@ -7,6 +7,7 @@ unless a pruner must answer them, in which case the trainable waits for ``decide
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import signal
@@ -20,6 +21,7 @@ from runner.checkpoint import SupersededError
 from runner.context import (Control, TrialContext, TrialInterrupted, TrialPruned, TrialTask,
                             resolve_trainable)
 
+logger = logging.getLogger("runner.worker")
 FLUSH_SECONDS = 0.25
 FINAL = frozenset({"done", "pruned", "failed", "interrupted", "superseded"})
 
@@ -93,10 +95,13 @@ class TrialWorker:
             fn = resolve_trainable(trial.trainable)
             context = TrialContext(trial, emit, self.control)
             events.put({"type": "started", "step": context.start_step, **self.where()})
+            # Whatever the outcome, the last checkpoint is durable and announced before it.
             try:
                 returned = fn(context)
-            finally:  # whatever the outcome, the last checkpoint is durable and announced first
-                context.close()
+            except BaseException:
+                _close_after_error(context)
+                raise
+            context.close()
             values = context.final_values()
             if isinstance(returned, dict):
                 values.update({k: float(v) for k, v in returned.items()})
@@ -110,6 +115,17 @@ class TrialWorker:
         except BaseException as exc:  # the trainable's own error: record it, keep the worker
             events.put({"type": "failed", "error": f"{type(exc).__name__}: {exc}",
                         "traceback": traceback.format_exc()})
+
+
+def _close_after_error(context: TrialContext) -> None:
+    """Finish the save in flight of a trial that raised: its outcome (pruned, failed, interrupted)
+    stands, unless another worker has claimed the trial meanwhile (SupersededError)."""
+    try:
+        context.close()
+    except SupersededError:
+        raise
+    except Exception:
+        logger.warning("trial %d: its last checkpoint failed", context.number, exc_info=True)
 
 
 def task_payload(task: TrialTask) -> dict:

@@ -68,6 +68,7 @@ BAD = [
     ("not a mapping", [1, 2], "expected a mapping of keys at the top level"),
     ("keep no checkpoint", {**GOOD, "checkpoint": {"keep_last": 0}}, "checkpoint.keep_last: Input should be greater than or equal to 1"),
     ("unknown checkpoint key", {**GOOD, "checkpoint": {"keep": 3}}, "checkpoint.keep: unknown key"),
+    ("a metric but no best kept", {**GOOD, "checkpoint": {"metric": "loss"}}, "checkpoint.keep_best: expected at least 1 where a metric or mode ranks the best checkpoints"),
     ("best by a metric of unknown sense", {**GOOD, "checkpoint": {"keep_best": 1, "metric": "acc"}}, "checkpoint.mode: expected min or max for metric 'acc', which is not an objective"),
 ]
 

@@ -187,7 +187,10 @@ def test_values_are_never_nan_or_infinite(kind, data):
         scalars = [schedule(step) for step in (0, N_STEPS // 3, N_STEPS - 1)]
     bad = np.flatnonzero(~np.isfinite(values))
     assert bad.size == 0, f"{spec}: step {bad[0]} gives {values[bad[0]]}"
-    assert scalars == [values[0], values[N_STEPS // 3], values[N_STEPS - 1]]
+    # One step alone and a whole range agree to the last bit or two: NumPy's vectorised cos and
+    # power (SIMD) may round differently from the scalar ones.
+    np.testing.assert_array_max_ulp(np.array(scalars, dtype=np.float64),
+                                    values[[0, N_STEPS // 3, N_STEPS - 1]], maxulp=2)
 
 
 @settings(max_examples=25, deadline=None)

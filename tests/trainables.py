@@ -66,3 +66,4 @@ def valley(ctx: TrialContext) -> None:
     for step in ctx.steps():
         if ctx.report_due(step):
             ctx.report(step + 1, loss=abs(step + 1 - middle))
+

@@ -8,10 +8,12 @@ bests show what each method does when nothing else interferes.
 The limit for saves is the fastest of three raw writes of the same bytes (one write per tensor or
 1 MiB writes into a preallocated file, or one write per tensor without preallocation). Saves are
 measured to the page cache (fsync disabled, for every method) and durable (fsync before
-returning, as our store always does). Loads read a file just written (page cache warm) and touch
-every byte: xxh3 over every tensor on as many threads as our reader verifies with (our load's
-checksum verification is that touch); the limit is a memory-mapped read of the raw file. Prints a
-table; writes bench-out/checkpoint.json. Targets are reported, not asserted.
+returning, as our store always does); each starts from an empty page cache (root only), so that
+no method inherits what the one before left. Loads read the file just written (page cache warm),
+three times, and touch every byte: xxh3 over every tensor on as many threads as our reader
+verifies with (our load's checksum verification is that touch); the limit is a memory-mapped
+read of the raw file. Prints a table; writes bench-out/checkpoint.json. Targets are reported,
+not asserted.
 """
 
 
@@ -38,7 +40,9 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "bench-out"
-REPS = 11
+# On a shared VM about a fifth of all 1.2 GB writes, whatever the writer (Python, os.write, pyarrow,
+# ours), spend 3-10x longer in the kernel's page allocation; 21 samples keep medians out of them.
+REPS = 21
 LOADS_PER_REP = 3
 
 
@@ -79,6 +83,16 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def drop_page_cache() -> bool:
+    """Empty the page cache (root only; elsewhere saves start with whatever it holds)."""
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1")
+    except OSError:
+        return False
+    return True
 
 
 class PeakRSS:
@@ -180,25 +194,28 @@ def test_bench_checkpoint():
             samples[method].setdefault(what, []).append(time.perf_counter() - start)
 
     names = list(methods)
+    loaders = {file: [n for n, (f, _, load) in methods.items() if f == file and load is not None]
+               for file, _, _ in methods.values()}
     for rep in range(REPS + 1):
         order = names[rep % len(names):] + names[:rep % len(names)]  # no method always goes first
-        for durable in (False, True):
-            for name in order:
-                file, save, _ = methods[name]
-                if save is None:
-                    continue
-                # Every save starts alike: nothing dirty, and its old file's pages just freed.
-                # (On this VM, pages freed for a few seconds go back to the hypervisor and cost
-                # 2-3x more to write into: timing after a pause measures that, not the method.)
-                path = work / file
+        for name in order:
+            file, save, _ = methods[name]
+            if save is None:
+                continue
+            path = work / file
+            for durable in (False, True):
+                # Every save starts alike: nothing dirty, no page cache, the pages just freed.
+                # (On this VM, what the method before left in the page cache changes the next
+                # write's speed by up to 1.5x, and pages freed for a few seconds go back to the
+                # hypervisor and cost 2-3x more to write into.)
                 path.unlink(missing_ok=True)
+                os.sync()
+                drop_page_cache()
                 timed(rep, name, "save durable" if durable else "save", save, path, durable)
                 os.sync()
-        for _ in range(LOADS_PER_REP):  # loads are short: more samples against the noise
-            for name in order:
-                file, _, load = methods[name]
-                if load is not None:
-                    timed(rep, name, "load", load, work / file)
+            for _ in range(LOADS_PER_REP):  # the file just written, page cache warm
+                for loader in loaders[file]:
+                    timed(rep, loader, "load", methods[loader][2], path)
 
     peaks = {}
     for name, (file, save, _) in methods.items():
@@ -247,7 +264,8 @@ def test_bench_checkpoint():
     machine = {"cpus": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") *
                                                            os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
                "kernel": platform.release(), "python": platform.python_version(),
-               "torch": torch.__version__, "disk_free_gb": round(shutil.disk_usage(work).free / 1e9)}
+               "torch": torch.__version__, "disk_free_gb": round(shutil.disk_usage(work).free / 1e9),
+               "page_cache_dropped_before_saves": drop_page_cache()}
 
     print(f"\ncheckpoint benchmark: {size / 1e9:.2f} GB of float32 tensors ({len(flat)} tensors), "
           f"medians of {REPS} saves and {REPS * LOADS_PER_REP} loads (page cache warm); {machine}")
