@@ -1,8 +1,9 @@
 """Per-step overhead of ``schedules.torch`` driving four AdamW hyperparameters (target: <= 2%).
 
 Two identical MLP training loops, one with constant hyperparameters and one whose learning rate,
-b1, b2 and weight decay follow schedules, run in interleaved blocks (A/B/A/B...) so drift in the
-machine's speed hits both alike; medians are reported. The adapter's own work per update is also
+b1, b2 and weight decay follow schedules, run in interleaved blocks (A/A'/B, then B/A'/A) so drift
+in the machine's speed hits both alike; medians are reported. A' is a second constant loop: how
+far it lands from A is the noise floor of the comparison. The adapter's own work per update is also
 timed in isolation, a low-noise figure next to the loop-level one. Figures go to
 ``bench-out/schedules_torch.json``; the target is reported, not asserted.
 """
@@ -65,17 +66,21 @@ def test_bench_torch_adapter_overhead():
     generator = torch.Generator().manual_seed(0)
     batches = [(torch.randn(64, 64, generator=generator),
                 torch.randint(0, 10, (64,), generator=generator)) for _ in range(STEPS_PER_BLOCK)]
-    plain, scheduled = _setup(False), _setup(True)
-    for setup in (plain, scheduled):  # warm up allocators and kernels
+    # A second, identical plain loop (A') measures the noise floor: what two loops that differ in
+    # nothing but their tensors' memory and their turn in the order show on this machine.
+    setups = {"A": _setup(False), "A'": _setup(False), "B": _setup(True)}
+    for setup in setups.values():  # warm up allocators and kernels
         _block(*setup, batches)
 
-    times_a, times_b = [], []
-    for _ in range(REPS):
-        times_a.append(_block(*plain, batches))
-        times_b.append(_block(*scheduled, batches))
+    times: dict[str, list[float]] = {name: [] for name in setups}
+    for rep in range(REPS):
+        for name in (list(setups) if rep % 2 else list(setups)[::-1]):
+            times[name].append(_block(*setups[name], batches))
+    times_a, times_b = times["A"], times["B"]
     base, sched = statistics.median(times_a), statistics.median(times_b)
     overhead = 100.0 * (sched - base) / base
     paired = 100.0 * statistics.median((b - a) / a for a, b in zip(times_a, times_b))
+    noise_floor = 100.0 * (statistics.median(times["A'"]) - base) / base
 
     scheduler = _setup(True)[2]
     calls = 200_000  # crosses hundreds of chunk boundaries, so chunk refills are included
@@ -94,6 +99,7 @@ def test_bench_torch_adapter_overhead():
         "scheduled_us_per_step_median": sched * 1e6,
         "overhead_pct_of_medians": overhead,
         "overhead_pct_paired_median": paired,
+        "noise_floor_pct_identical_loops": noise_floor,
         "adapter_step_us": step_us,
         "adapter_pre_hook_us": hook_us,
         "adapter_isolated_pct": isolated,
@@ -108,6 +114,7 @@ def test_bench_torch_adapter_overhead():
         ("4 scheduled hyperparameters (B)", f"{sched * 1e6:9.1f} us/step"),
         ("overhead, B vs A medians", f"{overhead:+9.2f} %"),
         ("overhead, median of paired blocks", f"{paired:+9.2f} %"),
+        ("noise floor: A' (same as A) vs A", f"{noise_floor:+9.2f} %"),
         ("adapter: scheduler.step()", f"{step_us:9.2f} us"),
         ("adapter: optimizer pre-hook", f"{hook_us:9.2f} us"),
         ("adapter work / step (isolated)", f"{isolated:9.2f} %"),
