@@ -40,8 +40,8 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "bench-out"
-# On a shared VM about a fifth of all 1.2 GB writes, whatever the writer (Python, os.write, pyarrow,
-# ours), spend 3-10x longer in the kernel's page allocation; 21 samples keep medians out of them.
+# On a shared VM about a third of all 1.2 GB writes, whatever the writer (Python, os.write, pyarrow,
+# ours), spend 2-10x longer in the kernel; 21 samples keep medians out of them.
 REPS = 21
 LOADS_PER_REP = 3
 
@@ -210,7 +210,7 @@ def test_bench_checkpoint():
                 # hypervisor and cost 2-3x more to write into.)
                 path.unlink(missing_ok=True)
                 os.sync()
-                drop_page_cache()
+                dropped = drop_page_cache()
                 timed(rep, name, "save durable" if durable else "save", save, path, durable)
                 os.sync()
             for _ in range(LOADS_PER_REP):  # the file just written, page cache warm
@@ -265,7 +265,7 @@ def test_bench_checkpoint():
                                                            os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
                "kernel": platform.release(), "python": platform.python_version(),
                "torch": torch.__version__, "disk_free_gb": round(shutil.disk_usage(work).free / 1e9),
-               "page_cache_dropped_before_saves": drop_page_cache()}
+               "page_cache_dropped_before_saves": dropped}
 
     print(f"\ncheckpoint benchmark: {size / 1e9:.2f} GB of float32 tensors ({len(flat)} tensors), "
           f"medians of {REPS} saves and {REPS * LOADS_PER_REP} loads (page cache warm); {machine}")
