@@ -11,11 +11,16 @@ from examples.data import batch_indices, digits
 from runner.context import TrialContext
 
 
+def make_model(width: int = 64) -> nn.Module:
+    """The MLP, also for loading a trial's final checkpoint back (see README)."""
+    return nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10))
+
+
 def train(ctx: TrialContext) -> None:
     x_train, y_train, x_val, y_val = (torch.from_numpy(a) for a in digits())
     width = int(ctx.params.get("width", 64))
     batch_size = int(ctx.params.get("batch_size", 64))
-    model = nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10))
+    model = make_model(width)
     optimizer = torch.optim.AdamW(model.parameters())
     scheduler = schedules.torch.attach(optimizer, **ctx.schedules)
     ctx.track(model=model, optimizer=optimizer, scheduler=scheduler)

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 from rich.console import Console
 
 from runner.config import ConfigError, SweepConfig, load_config
+from runner.rundir import RunDir, RunDirError
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -69,6 +70,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, UsageError) as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RunDirError as exc:  # a run dir file that cannot be read or written
+        print(f"sweep: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     except KeyboardInterrupt:
         print("sweep: interrupted", file=sys.stderr)
         return 130
@@ -86,8 +90,11 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _execute(config: SweepConfig, address: Optional[str], console: Console,
-             config_text: Optional[str] = None) -> int:
-    """Run (or continue) a sweep on Ray; print the table, write best.json and the plots."""
+             config_text: Optional[str] = None, unpause: Optional[set[int]] = frozenset()) -> int:
+    """Run (or continue) a sweep on Ray; print the table, write best.json and the plots.
+
+    ``unpause``: paused trials to resume (None: all), applied once this process drives the run.
+    """
     from runner.driver import Sweep
     from runner.plots import plot_run
     from runner.progress import Progress
@@ -95,25 +102,55 @@ def _execute(config: SweepConfig, address: Optional[str], console: Console,
     from runner.report import print_summary, write_best
     from runner.study import ResumeError
 
+    _check_unchanged(config)
     objective = config.objectives[0]
+    run_dir = config.run_dir()
+    on_claimed = (lambda: _save_config(config, config_text)) if config_text is not None else None
     try:
         with ray_session(address):
-            if config_text is not None:
-                _save_config(config, config_text)
             with Progress(config.search.n_trials, objective.metric, objective.direction) as progress:
-                sweep = Sweep(config, on_event=progress)
+                sweep = Sweep(config, on_event=progress, unpause=unpause, on_claimed=on_claimed,
+                              exit_at_once=True)
                 summary = sweep.run()
     except ResumeError as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print_summary(console, config.run_dir())
+    print_summary(console, run_dir)
+    if sweep.abort_reason:
+        print(f"sweep: stopped early: the first trials all failed with: {sweep.abort_reason} "
+              f"(fix it, then: sweep resume {run_dir})", file=sys.stderr)
+        return EXIT_RUNTIME
     if sweep.stop_requested:
-        console.print(f"stopped; continue with: sweep resume {config.run_dir()}", highlight=False)
+        console.print(f"stopped; continue with: sweep resume {run_dir}", highlight=False)
         return EXIT_OK
-    write_best(config.run_dir(), summary.best)
-    plot_run(config.run_dir(), os.path.join(config.run_dir(), "plots"))
-    console.print(f"run dir: {config.run_dir()}", highlight=False)
-    return EXIT_OK if summary.counts.get("COMPLETE") else EXIT_RUNTIME
+    write_best(run_dir, summary.best)
+    plot_run(run_dir, os.path.join(run_dir, "plots"))
+    if summary.paused:
+        console.print(f"paused trials {', '.join(map(str, summary.paused))}; continue with: "
+                      f"sweep resume {run_dir}", highlight=False)
+    console.print(f"run dir: {run_dir}", highlight=False)
+    return EXIT_OK if summary.counts.get("COMPLETE") or summary.paused else EXIT_RUNTIME
+
+
+def _check_unchanged(config: SweepConfig) -> None:
+    """Refuse a config that changed what an existing run dir searches (nothing is written)."""
+    import yaml
+
+    from runner.config import EXTENDABLE, config_changes, parse_config
+    from runner.rundir import RunDir
+
+    run_dir = RunDir(config.run_dir())
+    if not run_dir.exists("config.yaml"):
+        return
+    source = f"{config.run_dir()}/config.yaml"
+    saved = parse_config({**yaml.safe_load(run_dir.read_text("config.yaml")),
+                          "storage": config.storage}, source)
+    changes = config_changes(saved, config)
+    if changes:
+        allowed = ", ".join(EXTENDABLE)
+        raise UsageError(f"{config.run_dir()}: the config changed {', '.join(changes)} since this "
+                         f"run dir was made; only {allowed} may change (use another name or "
+                         f"storage for a new sweep)")
 
 
 def _read_text(path: str) -> str:
@@ -124,7 +161,9 @@ def _read_text(path: str) -> str:
 def _pause(args: argparse.Namespace, console: Console) -> int:
     from runner.control import ControlChannel
 
-    channel = ControlChannel(_run_dir(args.run_dir))
+    run = _run_dir(args.run_dir)
+    _check_steerable(run, args.trial, "pause")
+    channel = ControlChannel(run)
     if channel.driver_alive():
         channel.request("pause", args.trial)
         console.print(f"trial {args.trial}: pause requested from the running sweep", highlight=False)
@@ -137,7 +176,9 @@ def _pause(args: argparse.Namespace, console: Console) -> int:
 def _migrate(args: argparse.Namespace, console: Console) -> int:
     from runner.control import ControlChannel
 
-    channel = ControlChannel(_run_dir(args.run_dir))
+    run = _run_dir(args.run_dir)
+    _check_steerable(run, args.trial, "migrate")
+    channel = ControlChannel(run)
     channel.request("migrate", args.trial, to=args.to)
     live = "from the running sweep" if channel.driver_alive() else "for when the sweep resumes"
     console.print(f"trial {args.trial}: migration requested {live}", highlight=False)
@@ -145,85 +186,128 @@ def _migrate(args: argparse.Namespace, console: Console) -> int:
 
 
 def _resume(args: argparse.Namespace, console: Console) -> int:
-    from runner.config import parse_config
     from runner.control import ControlChannel
+    from runner.report import run_config
 
-    run_dir = _run_dir(args.run_dir)
-    channel = ControlChannel(run_dir)
+    run = _run_dir(args.run_dir)
+    if args.trial is not None:
+        _check_steerable(run, args.trial, "resume")
+    channel = ControlChannel(run)
     if channel.driver_alive():
         if args.trial is None:
-            raise UsageError(f"{run_dir}: the sweep is running; name the paused TRIAL to resume")
+            raise UsageError(f"{run.uri}: the sweep is running; name the paused TRIAL to resume")
         channel.request("resume", args.trial)
         console.print(f"trial {args.trial}: resume requested from the running sweep", highlight=False)
         return EXIT_OK
-    paused = channel.paused()
-    channel.set_paused(set() if args.trial is None else paused - {args.trial})
-    import yaml
+    config = run_config(run)
+    if config is None:
+        raise UsageError(f"{run.uri}: not a run dir (no config.yaml)")
+    # paused.json is left as it is: the driver un-pauses only once it holds the run dir
+    unpause = None if args.trial is None else {args.trial}
+    return _execute(config, args.address, console, unpause=unpause)
 
-    source = os.path.join(run_dir, "config.yaml")
-    try:
-        data = yaml.safe_load(_read_text(source))
-    except FileNotFoundError:
-        raise UsageError(f"{run_dir}: not a run dir (no config.yaml)") from None
-    config = parse_config({**data, "storage": run_dir}, source)
-    return _execute(config, args.address, console)
+
+def _check_steerable(run: "RunDir", number: int, action: str) -> None:
+    """Refuse to steer a trial the run does not have, or one that is finished."""
+    from runner.report import find_trial
+
+    info = find_trial(run, number)
+    if info is None:
+        raise UsageError(f"{run.uri}: no trial {number}")
+    if info.finished:
+        raise UsageError(f"{run.uri}: trial {number} is finished ({info.state}); "
+                         f"nothing to {action}")
 
 
 def _save_config(config: SweepConfig, text: str) -> None:
-    from runner.records import filesystem
+    from runner.rundir import RunDir
 
-    fs, root = filesystem(config.run_dir())
-    fs.create_dir(root, recursive=True)
-    with fs.open_output_stream(f"{root}/config.yaml") as sink:
-        sink.write(text.encode())
+    RunDir(config.run_dir()).write_text("config.yaml", text)
 
 
 def _dry_run(config: SweepConfig, console: Console) -> int:
+    """Print the space, the configured sampler's first trials and the share of invalid points.
+
+    The config check only proves the corners of every range valid: a point inside can still give
+    an invalid schedule (warmup_steps 500 past decay_steps 300), a trial the sweep would fail. So
+    random points, drawn apart from the configured sampler, measure how often that happens; when
+    every one is invalid the sweep could not complete a trial, hence exit 2.
+    """
     import optuna
 
-    from runner.space import realize
+    import schedules
+    from runner.space import invalid_points, realize
     from runner.study import pruner, sampler
+
+    def say(text: str) -> None:  # config values verbatim: rich markup would eat "[false, true]"
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     console.print(f"[bold]{config.name}[/]: {config.trainable}, {config.search.n_trials} trials, "
                   f"sampler {config.search.sampler}, pruner {config.pruner.kind}, "
                   f"max_concurrent {config.max_concurrent}")
-    console.print("search space:", highlight=False)
+    say("search space:")
     for section in ("hyperparams", "params"):
         for key, value in getattr(config, section).items():
-            console.print(f"  {section}.{key}: {json.dumps(value)}", highlight=False)
+            say(f"  {section}.{key}: {json.dumps(value)}")
     study = optuna.create_study(sampler=sampler(config), pruner=pruner(config),
                                 directions=[o.direction for o in config.objectives])
-    for _ in range(3):
+    shown = 0
+    for _ in range(10):  # the first 3 valid trials, naming the invalid ones skipped
         trial = study.ask()
-        params, specs = realize(config.hyperparams, config.params, trial)
-        console.print(f"trial {trial.number}: params {json.dumps(params)}", highlight=False)
+        try:
+            params, specs = realize(config.hyperparams, config.params, trial)
+        except schedules.ScheduleError as exc:
+            say(f"trial {trial.number}: invalid schedule, the sweep would fail it: {exc}")
+            continue
+        say(f"trial {trial.number}: params {json.dumps(params)}")
         for name, spec in specs.items():
-            console.print(f"  {name}: {json.dumps(spec)}", highlight=False)
-    return EXIT_OK
+            say(f"  {name}: {json.dumps(spec)}")
+        shown += 1
+        if shown == 3:
+            break
+    count = 200
+    invalid, reason = invalid_points(config.hyperparams, config.params, seed=config.search.seed,
+                                     count=count)
+    if not invalid:
+        say(f"sampled {count} points: every one gives valid schedules")
+        return EXIT_OK
+    say(f"sampled {count} points: {invalid} ({100 * invalid / count:.1f}%) give an invalid "
+        f"schedule, e.g. {reason}")
+    if invalid < count:
+        return EXIT_OK
+    print(f"sweep: every sampled point gives an invalid schedule, so the sweep would fail every "
+          f"trial (e.g. {reason})", file=sys.stderr)
+    return EXIT_USAGE
 
 
-def _run_dir(path: str) -> str:
-    from runner.records import filesystem
+def _run_dir(path: str) -> "RunDir":
+    """A run dir: a directory with the config.yaml ``sweep run`` saves there, or one a live
+    driver holds (a Sweep started from Python saves no config)."""
+    from runner.control import ControlChannel
+    from runner.rundir import RunDir
 
-    fs, root = filesystem(path)
-    info = fs.get_file_info(root)
-    if info.type.name != "Directory":
+    run = RunDir(path)
+    if not run.is_dir():
         raise UsageError(f"{path}: not a run dir (no such directory)")
-    return path
+    if not run.exists("config.yaml") and not ControlChannel(run).driver_alive():
+        raise UsageError(f"{path}: not a run dir (no config.yaml)")
+    return run
 
 
 def _status(args: argparse.Namespace, console: Console) -> int:
-    from runner.report import print_summary
+    from runner.report import print_progress, print_summary
 
-    print_summary(console, _run_dir(args.run_dir))
+    run = _run_dir(args.run_dir)
+    print_summary(console, run.uri)
+    print_progress(console, run.uri)
     return EXIT_OK
 
 
 def _show(args: argparse.Namespace, console: Console) -> int:
     from runner.report import show_trial
 
-    if not show_trial(console, _run_dir(args.run_dir), args.trial):
+    if not show_trial(console, _run_dir(args.run_dir).uri, args.trial):
         raise UsageError(f"{args.run_dir}: no trial {args.trial}")
     return EXIT_OK
 
@@ -231,8 +315,8 @@ def _show(args: argparse.Namespace, console: Console) -> int:
 def _export(args: argparse.Namespace, console: Console) -> int:
     from runner.report import export
 
-    out = args.out or os.path.join(_run_dir(args.run_dir), "export")
-    for path in export(args.run_dir, out, args.format):
+    run = _run_dir(args.run_dir)
+    for path in export(run.uri, args.out or run.uri_of("export"), args.format):
         console.print(path, highlight=False)
     return EXIT_OK
 
@@ -240,8 +324,8 @@ def _export(args: argparse.Namespace, console: Console) -> int:
 def _plot(args: argparse.Namespace, console: Console) -> int:
     from runner.plots import plot_run
 
-    out = args.out or os.path.join(_run_dir(args.run_dir), "plots")
-    for path in plot_run(args.run_dir, out):
+    run = _run_dir(args.run_dir)
+    for path in plot_run(run.uri, args.out or run.uri_of("plots")):
         console.print(path, highlight=False)
     return EXIT_OK
 

@@ -6,6 +6,7 @@ expected; the CLI turns it into exit code 2 with nothing created on disk.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -22,7 +23,7 @@ from pydantic import (
 )
 
 import schedules
-from runner.space import DistributionError, check_space
+from runner.space import DistributionError, check_space, grid_space
 
 OPTIMIZER_HYPERPARAMS = ("learning_rate", "b1", "b2", "eps", "weight_decay", "momentum")
 
@@ -198,6 +199,24 @@ def _format(error: dict[str, Any]) -> str:
     return f"{loc}: {message}{shown}" if loc else f"{message}{shown}"
 
 
+def _hyperparam_name_problem(key: str) -> str | None:
+    """What is wrong with a hyperparams key, or None: an optax name or any param_group key works.
+
+    A key close to an optax name (``learnin_rate``) is a typo that would fail every trial alike,
+    so it is refused here; a raw param_group key cannot be checked before the optimizer exists.
+    """
+    known = ", ".join(OPTIMIZER_HYPERPARAMS)
+    if key in OPTIMIZER_HYPERPARAMS:
+        return None
+    close = difflib.get_close_matches(key, OPTIMIZER_HYPERPARAMS, n=1, cutoff=0.75)
+    if close:
+        return f"unknown hyperparameter (did you mean {close[0]!r}? known: {known}, or a " \
+               f"param_group key)"
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.\d+)?", key):
+        return f"expected an optimizer hyperparameter ({known}) or a param_group key"
+    return None
+
+
 def parse_config(data: Any, source: str = "<config>") -> SweepConfig:
     """Validate a loaded YAML document; every error names ``source`` and a key path."""
     if not isinstance(data, dict):
@@ -207,16 +226,17 @@ def parse_config(data: Any, source: str = "<config>") -> SweepConfig:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"{source}: {_format(first)}") from None
+    for key in config.hyperparams:
+        problem = _hyperparam_name_problem(key)
+        if problem:
+            raise ConfigError(f"{source}: hyperparams.{key}: {problem}")
     for section in ("hyperparams", "params"):
         try:
             check_space(getattr(config, section), section, schedule_keys=section == "hyperparams")
+            if config.search.sampler == "grid":
+                grid_space(getattr(config, section), section)
         except (DistributionError, schedules.ScheduleError) as exc:
             raise ConfigError(f"{source}: {exc}") from None
-    unknown = [k for k in config.hyperparams if k not in OPTIMIZER_HYPERPARAMS and not
-               re.fullmatch(r"[A-Za-z_]\w*(\.\d+)?", k)]
-    if unknown:
-        raise ConfigError(f"{source}: hyperparams.{unknown[0]}: expected an optimizer "
-                          f"hyperparameter ({', '.join(OPTIMIZER_HYPERPARAMS)}) or a param_group key")
     return config
 
 
@@ -244,3 +264,27 @@ def load_config(path: str | os.PathLike, *, check_trainable: bool = True) -> Swe
         except TrainableError as exc:
             raise ConfigError(f"{source}: trainable: {exc}") from None
     return config
+
+
+# What may change between runs of one run dir: how much more to run and on what, not what the
+# study searches or how a trial is scored (that would mix two sweeps in one study).
+EXTENDABLE = ("search.n_trials", "search.timeout", "max_concurrent", "resources", "retries",
+              "max_restarts", "storage_shared")
+
+
+def config_changes(saved: SweepConfig, new: SweepConfig) -> list[str]:
+    """The key paths where ``new`` differs from the run dir's ``saved`` config, leaving out the
+    ones a sweep may be extended by (``EXTENDABLE``)."""
+    changed: list[str] = []
+
+    def walk(old: Any, now: Any, path: str) -> None:
+        if path in EXTENDABLE:
+            return
+        if isinstance(old, dict) and isinstance(now, dict):
+            for key in sorted(set(old) | set(now)):
+                walk(old.get(key), now.get(key), f"{path}.{key}" if path else key)
+        elif old != now:
+            changed.append(path)
+
+    walk(saved.model_dump(exclude={"storage"}), new.model_dump(exclude={"storage"}), "")
+    return changed

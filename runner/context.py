@@ -68,6 +68,7 @@ class TrialTask:
     wait_for_pruning: bool
     metadata: dict[str, Any] = field(default_factory=dict)
     store_options: dict[str, Any] = field(default_factory=dict)  # CheckpointStore keywords
+    restarted: bool = False  # run before: a trainable without declared state starts over
 
 
 def derive_seed(sweep_seed: int, number: int) -> int:
@@ -142,8 +143,10 @@ class TrialContext:
                                       owner=f"{socket.gethostname()}:{os.getpid()}:"
                                             f"{secrets.token_hex(8)}")
         self._unannounced: Optional[dict] = None  # the checkpoint event of a save in flight
-        self._restored = None
         self._last_values: dict[str, float] = {}
+        self._recent_reports: list[dict] = []  # since the last checkpoint: saved with the next
+        self._started = False
+        self.final_checkpoint = ""
         seed_everything(task.seed)
         self._restored = self._store.latest()
         if self._restored is not None:
@@ -208,8 +211,35 @@ class TrialContext:
 
     # --- the loop ----------------------------------------------------------------------------
 
+    @property
+    def tracks_state(self) -> bool:
+        """Whether the trainable declared its state: without it a checkpoint restores nothing."""
+        return bool(self._objects) or self._pytree is not None
+
+    def start(self) -> None:
+        """Tell the driver where the trial (re)starts; called once, when the step loop begins.
+
+        A trainable that declared no state cannot resume mid-run (its weights would be fresh):
+        it starts over from step 0, and the driver is told why.
+        """
+        if self._started:
+            return
+        self._started = True
+        notice, replay = "", []
+        if not self.tracks_state and (self.task.restarted or self._restored is not None):
+            notice = (f"trial {self.number}: the trainable declares no state (ctx.track / "
+                      f"ctx.track_pytree), so it starts over from step 0 instead of resuming")
+            self._restored, self.start_step, self.extras = None, 0, {}
+            self._last_values = {}
+        elif self._restored is not None:
+            replay = list(self._restored.metadata.get("reports") or [])
+        self._emit({"type": "started", "step": self.start_step, "replay": replay,
+                    "notice": notice})
+
     def steps(self) -> Iterator[int]:
-        """Update indices from the resume point to the budget; checkpoints between them."""
+        """Update indices from the resume point to the budget; checkpoints between them, and a
+        final one at the end (the trained state of a completed trial)."""
+        self.start()
         every = self.task.checkpoint_every
         for step in range(self.start_step, self.task.steps):
             yield step
@@ -221,6 +251,8 @@ class TrialContext:
             if interrupt and done < self.task.steps:
                 self._announce(wait=True)  # the driver resumes the trial from this checkpoint
                 raise TrialInterrupted(interrupt)
+        if self.tracks_state and self.task.steps > self.start_step:
+            self.final_checkpoint = self.checkpoint(self.task.steps)
 
     def report_due(self, step: int) -> bool:
         """True after the update that closes a report interval (or the last update)."""
@@ -229,15 +261,21 @@ class TrialContext:
 
     def report(self, step: int, **metrics: float) -> None:
         """Record metrics at ``step`` (updates done); raises TrialPruned if the pruner says so."""
+        self.start()
         values = {k: float(v) for k, v in metrics.items()}
         event = {"type": "report", "step": int(step), "metrics": values, "time": time.time(),
                  "hyperparams": self._applied()}
         self._last_values.update(values)
+        self._recent_reports.append({k: event[k] for k in ("step", "metrics", "time",
+                                                            "hyperparams")})
         prune = self._emit(event)
         if prune:
             raise TrialPruned(f"pruned at step {step}")
 
-    def checkpoint(self, step: int) -> None:
+    def checkpoint(self, step: int) -> str:
+        """Save the declared state at ``step`` (updates done); its URI, or "" with no state."""
+        if not self.tracks_state:
+            return ""
         state = {"position": {"step": step}, "rng": capture_rng(), "extras": self.extras,
                  "objects": {n: o.state_dict() for n, o in self._objects.items()}}
         if self._pytree is not None:
@@ -248,12 +286,14 @@ class TrialContext:
                 state["schedules"] = records
         metadata = dict(self.task.metadata, trial=self.number, step=step,
                         schedule_specs=self.task.schedule_specs, params=self.task.params,
-                        device=self.device)
+                        device=self.device, reports=self._recent_reports)
+        self._recent_reports = []
         self._announce(wait=True)  # the save in flight, if any, ends before this one starts
         # the metrics last reported: what the store ranks its best checkpoints by
         uri = self._store.save(step, state, metadata, metrics=self._last_values)
         self._unannounced = {"type": "checkpoint", "step": step, "uri": uri}
         self._announce(wait=False)
+        return uri
 
     def _announce(self, wait: bool) -> None:
         """Tell the driver of the last save once it is durable (at once unless it is in flight,
@@ -300,7 +340,7 @@ class TrialContext:
 
         try:
             return schedule_records(tree, self.schedules)
-        except LookupError:
+        except (LookupError, ValueError):  # plain optax, without schedules.optax.inject
             return None
 
 

@@ -2,96 +2,93 @@
 
 Requests are small JSON files in ``RUN_DIR/control/``: a live driver takes them on its next tick
 (about a second); a stopped sweep finds them when it is resumed. Which trials are paused is kept
-in ``RUN_DIR/paused.json``; ``RUN_DIR/driver.json`` says which process drives the sweep now.
+in ``RUN_DIR/paused.json``; ``RUN_DIR/driver.json`` says which process drives the sweep now, and
+``RUN_DIR/live.json`` what its unfinished trials are doing (rewritten about once a second).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import socket
 import time
 import uuid
-from typing import Any
+from typing import Any, Optional, Union
 
-from runner.records import filesystem
+from runner.rundir import RunDir, RunDirError
 
 ACTIONS = ("pause", "resume", "migrate")
+log = logging.getLogger("sweep")
 
 
 class ControlChannel:
-    def __init__(self, run_dir: str) -> None:
-        self.fs, self.root = filesystem(run_dir)
-        # listing a local dir costs microseconds, an object store a request: look less often there
-        self.min_interval = 0.0 if self.fs.type_name == "local" else 1.0
+    def __init__(self, run_dir: Union[str, RunDir]) -> None:
+        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self._min_interval: Optional[float] = None
         self._last_take = float("-inf")
-
-    def _write(self, path: str, data: Any) -> None:
-        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        temp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with self.fs.open_output_stream(temp) as sink:
-            sink.write(json.dumps(data).encode())
-        self.fs.move(temp, path)
-
-    def _read(self, path: str, default: Any) -> Any:
-        try:
-            with self.fs.open_input_stream(path) as source:
-                return json.loads(source.read())
-        except (FileNotFoundError, OSError, ValueError):
-            return default
 
     def request(self, action: str, trial: int, **args: Any) -> None:
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
-        self._write(f"{self.root}/control/{name}", {"action": action, "trial": trial, **args})
+        self.run.write_json(f"control/{name}", {"action": action, "trial": trial, **args})
 
     def take(self) -> list[dict]:
         """Every pending request, oldest first; each is removed as it is taken."""
-        from pyarrow.fs import FileSelector
-
+        if self._min_interval is None:
+            # listing a local dir costs microseconds, an object store a request: look less often
+            self._min_interval = 0.0 if self.run.fs.type_name == "local" else 1.0
         now = time.monotonic()
-        if now - self._last_take < self.min_interval:
+        if now - self._last_take < self._min_interval:
             return []
         self._last_take = now
-        selector = FileSelector(f"{self.root}/control", allow_not_found=True)
-        paths = sorted(i.path for i in self.fs.get_file_info(selector) if i.path.endswith(".json"))
         taken = []
-        for path in paths:
-            request = self._read(path, None)
-            self.fs.delete_file(path)
-            if request is not None:
-                taken.append(request)
+        for relative in self.run.list("control", ".json"):
+            try:
+                taken.append(self.run.read_json(relative))
+            except FileNotFoundError:
+                continue
+            except RunDirError as exc:  # one unreadable request must not stop the sweep
+                log.warning("control request ignored: %s", exc)
+            self.run.delete(relative)
         return taken
 
     def paused(self) -> set[int]:
-        return set(self._read(f"{self.root}/paused.json", []))
+        return set(self.run.read_json("paused.json", []))
 
     def set_paused(self, trials: set[int]) -> None:
-        self._write(f"{self.root}/paused.json", sorted(trials))
+        self.run.write_json("paused.json", sorted(trials))
 
     def claim_driver(self, driver_id: str) -> None:
-        self._write(f"{self.root}/driver.json", {"pid": os.getpid(), "host": socket.gethostname(),
-                                                 "since": time.time(), "id": driver_id})
+        self.run.write_json("driver.json", {"pid": os.getpid(), "host": socket.gethostname(),
+                                            "since": time.time(), "id": driver_id})
 
     def dead_driver(self) -> str | None:
         """The id of a driver that held this run dir on this host and died without releasing it."""
-        owner = self._read(f"{self.root}/driver.json", None)
+        owner = self.run.read_json("driver.json", None)
         if owner and owner.get("host") == socket.gethostname() and not self.driver_alive():
             return owner.get("id")
         return None
 
     def release_driver(self) -> None:
-        try:
-            self.fs.delete_file(f"{self.root}/driver.json")
-        except (FileNotFoundError, OSError):
-            pass
+        self.run.delete("driver.json")
 
     def driver_alive(self) -> bool:
         """Whether a driver process on this host still runs this sweep (a killed one does not)."""
-        owner = self._read(f"{self.root}/driver.json", None)
+        owner = self.run.read_json("driver.json", None)
         if not owner or owner.get("host") != socket.gethostname():
             return False
         try:
             os.kill(int(owner["pid"]), 0)
-        except (ProcessLookupError, PermissionError, ValueError):
+        except (ProcessLookupError, PermissionError, ValueError, KeyError, TypeError):
             return False
         return True
+
+    def write_live(self, status: dict) -> None:
+        """The live driver's view of its unfinished trials, for ``sweep status`` and ``show``."""
+        self.run.write_json("live.json", status)
+
+    def live(self) -> Optional[dict]:
+        """What ``write_live`` wrote last, or None (no driver has written one, or it exited)."""
+        return self.run.read_json("live.json", None)
+
+    def clear_live(self) -> None:
+        self.run.delete("live.json")

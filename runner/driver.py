@@ -1,60 +1,69 @@
-"""The driver: owns the Optuna study through ask/tell and keeps ``max_concurrent`` Ray workers busy.
+"""The driver: owns the Optuna study through ask/tell and keeps a pool of Ray workers busy.
 
-Each sampled point becomes concrete schedule specs; workers (long-lived actors) run trial after
-trial and stream events back; reports feed the pruner; outcomes are told to the study and written
-to the run dir. A trial whose worker dies is resumed from its latest checkpoint under the same
-trial number; running trials of an interrupted sweep are picked up the same way on the next run.
+Every decision about a trial is taken by its ``Lifecycle`` (runner/lifecycle.py); this module
+turns Ray results and control requests into lifecycle events and carries out the actions they
+answer with. Workers are long-lived actors that run trial after trial. The pool never holds an
+idle actor while another actor waits to be placed, so a sweep cannot deadlock on its own
+resources: trials beyond what the cluster fits wait in a queue.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
-import uuid
+import socket
+import sys
 import threading
 import time
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 import optuna
 from optuna.trial import TrialState
 
+import schedules
+from runner import lifecycle as lc
 from runner import study as study_lib
 from runner.config import SweepConfig
-from runner.control import ControlChannel
 from runner.context import TrialTask, derive_seed
-from runner.records import RunRecords, child_uri, history_rows, to_json
+from runner.control import ControlChannel
+from runner.records import RunRecords, history_rows, to_json
+from runner.rundir import RunDir
 from runner.space import realize
 from runner.worker import task_payload
 
 log = logging.getLogger("sweep")
+TICK_SECONDS = 0.5  # the longest the loop waits for a worker before it looks at requests again
+POLL_SECONDS = 1.0  # heartbeats, live.json and the scan for orphaned trials, at most this often
 HEARTBEAT_SECONDS = 10.0
-CONTROL_POLL_SECONDS = 1.0  # heartbeats and the scan for orphaned trials, at most this often
 HEARTBEAT_STALE_SECONDS = 60.0  # a driver silent this long is gone: its trials are resumed
+SAME_FAILURE_TRIALS = 3  # the first trials all failing alike stop the sweep (a typo, not bad luck)
+STUDY_STATES = {lc.State.COMPLETE: TrialState.COMPLETE, lc.State.PRUNED: TrialState.PRUNED,
+                lc.State.FAILED: TrialState.FAIL}
 
 
-@dataclass
-class RunningTrial:
-    """The driver's view of one trial in flight."""
+@dataclass(eq=False)
+class Worker:
+    """A pooled TrialWorker actor and where it runs (known once it has run a trial)."""
+
+    actor: Any
+    node_id: str = ""
+    placed: bool = False
+
+
+@dataclass(eq=False)
+class Handle:
+    """The driver's Ray-side view of one trial: its study trial, task, worker and event stream."""
 
     trial: optuna.Trial
     task: TrialTask
-    worker: Any
-    stream: Any
-    started: float = field(default_factory=time.time)
-    node: str = ""
-    step: int = 0
-    checkpoint_step: int = 0
-    restarts: int = 0
-    restart_log: list = field(default_factory=list)
-    reports: dict = field(default_factory=dict)  # step -> report event
-    reported_steps: set = field(default_factory=set)
-    last_metrics: dict = field(default_factory=dict)
-    applied: dict = field(default_factory=dict)
-    node_id: str = ""
-    lost_at: Optional[float] = None
-    retries: int = 0
+    started: float
+    worker: Optional[Worker] = None
+    stream: Any = None
+    placement: Optional[dict] = None
 
 
 @dataclass
@@ -62,40 +71,51 @@ class SweepSummary:
     counts: dict[str, int]
     best: Optional[dict]
     run_dir: str
+    paused: list[int]
 
 
 class Sweep:
     """One sweep run: ``Sweep(config).run()``. Ray must already be initialised."""
 
     def __init__(self, config: SweepConfig, *, on_event: Optional[Callable[[str, dict], None]] = None,
-                 max_concurrent: Optional[int] = None) -> None:
+                 max_concurrent: Optional[int] = None,
+                 unpause: Optional[set[int]] = frozenset(),
+                 on_claimed: Optional[Callable[[], None]] = None,
+                 exit_at_once: bool = False) -> None:
         self.config = config
         self.run_dir = config.run_dir()
-        self.records = RunRecords(self.run_dir)
+        self.root = RunDir(self.run_dir)
+        self.records = RunRecords(self.root)
         self.max_concurrent = max_concurrent or config.max_concurrent
+        self.capacity = self.max_concurrent
         self.on_event = on_event or (lambda kind, info: None)
         self.study = study_lib.open_study(config)
-        self.running: dict[Any, RunningTrial] = {}
-        self.idle: list = []
         self.new_worker = study_lib.worker_factory(config)
         self.deadline = (time.monotonic() + config.search.timeout) if config.search.timeout else None
         self.objectives = [o.metric for o in config.objectives]
-        self.pruning = config.pruner.kind != "none"
+        self.rules = lc.Rules(objectives=tuple(self.objectives),
+                              pruning=config.pruner.kind != "none",
+                              max_restarts=config.max_restarts, retries=config.retries)
+        self.trials: dict[int, lc.Lifecycle] = {}
+        self.handles: dict[int, Handle] = {}
+        self.streams: dict[Any, int] = {}
+        self.idle: list[Worker] = []
         self.stop_requested = False
+        self.abort_reason: Optional[str] = None
         self.exhausted = False
         self.control = ControlChannel(self.run_dir)
-        self.paused: set[int] = self.control.paused()
-        self.superseded: set[int] = set()
-        self.placement: dict[int, Optional[str]] = {}  # trial -> node to resume it on (migrate)
+        self.unpause = unpause  # paused trials to resume: None for all
+        self.on_claimed = on_claimed  # runs once this process drives the run dir (saves config)
+        self.exit_at_once = exit_at_once  # a second signal ends the process, not just the run
+        self._local = True
         self.driver_id = uuid.uuid4().hex[:12]
         self.dead_drivers: set[str] = set()
+        self.finished_order: list[lc.Lifecycle] = []
+        self._stop_signalled = False
         self._last_heartbeat = float("-inf")
         self._last_poll = float("-inf")
 
-    # --- trial lifecycle ---------------------------------------------------------------------
-
-    def _checkpoint_root(self, number: int) -> str:
-        return child_uri(self.run_dir, f"checkpoints/trial-{number:05d}")
+    # --- the study side ----------------------------------------------------------------------
 
     def _task(self, trial: optuna.Trial, params: dict, specs: dict) -> TrialTask:
         budget = self.config.budget
@@ -104,45 +124,54 @@ class Sweep:
             schedule_specs=specs, steps=budget.steps, report_every=budget.report_every,
             checkpoint_every=budget.checkpoint_every,
             seed=derive_seed(self.config.seed, trial.number),
-            checkpoint_root=self._checkpoint_root(trial.number),
-            objective_metrics=self.objectives, wait_for_pruning=self.pruning,
+            # nothing in the study names a path: a copied or moved run dir uses its own files
+            checkpoint_root=self.root.uri_of(RunDir.checkpoint_dir(trial.number)),
+            objective_metrics=self.objectives, wait_for_pruning=self.rules.pruning,
             metadata={"sweep": self.config.name}, store_options=self.config.store_options())
 
-    def _worker(self, number: Optional[int] = None):
-        """A pooled worker, or a fresh one where the trial must go to (or leave) a given node."""
-        if number in self.placement:
-            return self.new_worker(self.placement.pop(number))
-        return self.idle.pop() if self.idle else self.new_worker()
-
-    def _launch(self, run: RunningTrial) -> None:
-        run.stream = run.worker.run.remote(task_payload(run.task))
-        self.running[run.stream] = run
-
-    def _start_new(self) -> bool:
+    def _start_new(self) -> None:
+        """Ask the study for a trial and queue it; a point whose schedule is invalid fails alone."""
         with study_lib.ask_lock(self.study, self.run_dir):
-            if len(self.study.get_trials(deepcopy=False)) >= self.config.search.n_trials:
+            count = len(self.study.get_trials(deepcopy=False))
+            if count >= self.config.search.n_trials:
                 self.exhausted = True
-                return False
+                return
+            study_lib.reseed(self.study.sampler, self.config.search.seed, count)
             trial = self.study.ask()
-        params, specs = realize(self.config.hyperparams, self.config.params, trial)
+        study_lib.set_trial_system_attr(trial, "driver", self.driver_id)
+        life = lc.Lifecycle(trial.number, self.rules)
+        self.trials[trial.number] = life
+        try:
+            params, specs = realize(self.config.hyperparams, self.config.params, trial)
+        except (schedules.ScheduleError, ValueError) as exc:
+            self.handles[trial.number] = Handle(trial, self._task(trial, {}, {}), time.time())
+            self._apply(life, lc.Rejected(f"invalid schedule: {exc}"))
+            return
         trial.set_user_attr("params", params)
         trial.set_user_attr("schedule_specs", specs)
-        trial.set_user_attr("driver", self.driver_id)
-        trial.set_user_attr("checkpoint_root", self._checkpoint_root(trial.number))
-        run = RunningTrial(trial=trial, task=self._task(trial, params, specs),
-                           worker=self._worker(), stream=None)
-        self._launch(run)
-        self.on_event("started", {"number": trial.number, "specs": specs, "params": params})
-        return True
+        self.handles[trial.number] = Handle(trial, self._task(trial, params, specs), time.time())
+        self._write_live()  # steerable by number at once
+        self.on_event("queued", {"number": trial.number, "specs": specs, "params": params})
 
-    def _resume_orphans(self) -> None:
-        """Running trials left by a previous driver continue from their checkpoints."""
-        for request in self.control.take():
-            self._apply(request)
-        for frozen in self._orphans():
-            self._resume(frozen)
+    def _orphans(self) -> list[optuna.trial.FrozenTrial]:
+        """RUNNING trials that no live driver runs: a stopped or dead driver's."""
+        beats = study_lib.heartbeats(self.study)
+        stale = time.time() - HEARTBEAT_STALE_SECONDS
+        orphans = []
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.number in self.trials:
+                continue
+            owner = frozen.system_attrs.get("driver")
+            started = frozen.datetime_start.timestamp() if frozen.datetime_start else 0.0
+            beat = beats.get(owner, {})
+            # a trial just asked by another driver has no owner yet: its start time vouches for it
+            last_sign = beat.get("time", 0.0) if owner else started
+            if owner in self.dead_drivers or beat.get("stopped") or last_sign < stale:
+                orphans.append(frozen)
+        return orphans
 
-    def _resume(self, frozen: optuna.trial.FrozenTrial) -> None:
+    def _adopt(self, frozen: optuna.trial.FrozenTrial, paused: set[int]) -> None:
+        """Take over a trial a previous driver left running; it continues from its checkpoint."""
         specs = frozen.user_attrs.get("schedule_specs")
         params = frozen.user_attrs.get("params")
         if specs is None or params is None:  # asked but never launched: nothing to resume
@@ -150,240 +179,278 @@ class Sweep:
             return
         study_lib.check_unchanged(self.config, frozen, specs)
         trial = optuna.Trial(self.study, frozen._trial_id)
-        trial.set_user_attr("driver", self.driver_id)
-        task = self._task(trial, params, specs)
-        # another driver's trial keeps its checkpoints where that driver put them
-        task.checkpoint_root = frozen.user_attrs.get("checkpoint_root", task.checkpoint_root)
-        run = RunningTrial(trial=trial, task=task, worker=self._worker(frozen.number), stream=None)
-        run.reported_steps = set(frozen.intermediate_values)
-        run.reports = _reports_from_rows(
+        owner = frozen.system_attrs.get("driver")
+        study_lib.set_trial_system_attr(trial, "driver", self.driver_id)
+        life = lc.Lifecycle(frozen.number, self.rules)
+        life.reports = _reports_from_rows(
             self.records.read_trial("history", frozen.number).to_pylist(),
             self.records.read_trial("applied", frozen.number).to_pylist())
-        run.restarts = int(frozen.user_attrs.get("restarts", 0))
-        run.restart_log = list(frozen.user_attrs.get("restart_log", []))
-        self._launch(run)
-        self.on_event("resumed", {"number": frozen.number})
+        life.told_steps = set(frozen.intermediate_values)
+        life.counts.update(frozen.user_attrs.get("counts", {}))
+        life.restart_log = list(frozen.user_attrs.get("restart_log", []))
+        life.checkpoint_step = int(frozen.user_attrs.get("checkpoint_step", 0))
+        life.node_id = frozen.user_attrs.get("node_id", "")
+        stopped = study_lib.heartbeats(self.study).get(owner, {}).get("stopped")
+        life.resumed_by_new_driver("sweep resumed" if stopped else "driver lost", time.time())
+        if frozen.number in paused:
+            life.state = lc.State.PAUSED
+        self.trials[frozen.number] = life
+        started = frozen.datetime_start.timestamp() if frozen.datetime_start else time.time()
+        self.handles[frozen.number] = Handle(trial, self._task(trial, params, specs), started)
+        self._save_attrs(life)
+        self.on_event("adopted", {"number": frozen.number, "paused": frozen.number in paused})
 
-    def _in_flight(self, number: int) -> Optional[RunningTrial]:
-        return next((r for r in self.running.values() if r.task.number == number), None)
+    # --- carrying out a lifecycle's actions ----------------------------------------------------
 
-    # --- control requests (pause, resume, migrate) -------------------------------------------
+    def _apply(self, life: lc.Lifecycle, event: lc.Event) -> None:
+        for action in life.handle(event, time.time()):
+            self._do(life, action)
+        if life.finished and life not in self.finished_order:
+            self.finished_order.append(life)
+            self._check_same_failure()
 
-    def _apply(self, request: dict) -> None:
+    def _do(self, life: lc.Lifecycle, action: lc.Action) -> None:
+        handle = self.handles[life.number]
+        if isinstance(action, lc.Launch):
+            self._launch(handle, action.placement)
+        elif isinstance(action, lc.AskPruner):
+            handle.trial.report(action.value, action.step)
+            prune = handle.trial.should_prune() if action.answer else False
+            if action.answer:
+                handle.worker.actor.decide.remote(life.number, prune)
+        elif isinstance(action, lc.AnswerWorker):
+            if handle.worker is not None:
+                handle.worker.actor.decide.remote(life.number, action.prune)
+        elif isinstance(action, lc.Interrupt):
+            handle.worker.actor.interrupt.remote(life.number, action.reason)
+        elif isinstance(action, lc.Tell):
+            if action.state == lc.State.FAILED:
+                handle.trial.set_user_attr("error", life.error)
+                handle.trial.set_user_attr("traceback", life.traceback[-8000:])
+            values = action.values
+            self.study.tell(handle.trial, (values if len(values) > 1 else values[0]) if values
+                            else None, state=None if values else STUDY_STATES[action.state])
+        elif isinstance(action, lc.SaveAttrs):
+            self._save_attrs(life)
+        elif isinstance(action, lc.WriteHistory):
+            self._write_history(life)
+        elif isinstance(action, lc.WriteTrial):
+            self._write_trial(life, handle)
+        elif isinstance(action, lc.ReleaseWorker):
+            worker, handle.worker = handle.worker, None
+            self._forget_stream(handle)
+            if worker is not None:
+                self._release(worker)
+        elif isinstance(action, lc.KillWorker):
+            worker, handle.worker = handle.worker, None
+            self._forget_stream(handle)
+            if worker is not None:
+                _kill(worker)
+        elif isinstance(action, lc.ForgetWorker):
+            handle.worker = None
+            self._forget_stream(handle)
+        elif isinstance(action, lc.Emit):
+            self.on_event(action.kind, {"number": life.number, **action.info})
+
+    def _forget_stream(self, handle: Handle) -> None:
+        if handle.stream is not None:
+            self.streams.pop(handle.stream, None)
+            handle.stream = None
+
+    def _save_attrs(self, life: lc.Lifecycle) -> None:
+        trial = self.handles[life.number].trial
+        trial.set_user_attr("restarts", life.restarts)
+        trial.set_user_attr("counts", life.counts)
+        trial.set_user_attr("restart_log", life.restart_log)
+        trial.set_user_attr("checkpoint_step", life.checkpoint_step)
+        trial.set_user_attr("node_id", life.node_id)
+
+    def _write_history(self, life: lc.Lifecycle) -> None:
+        metrics, applied = history_rows(life.number, life.reports.values())
+        self.records.write("history", life.number, metrics)
+        self.records.write("applied", life.number, applied)
+
+    def _write_trial(self, life: lc.Lifecycle, handle: Handle) -> None:
+        values = [life.values[m] for m in self.objectives] if life.values else None
+        checkpoint = ""
+        if life.state == lc.State.COMPLETE and life.checkpoint:
+            checkpoint = self.root.relative(life.checkpoint)
+        row = {
+            "number": life.number, "state": life.state.name if life.state != lc.State.FAILED
+            else "FAIL", "value": values[0] if values else None, "values": values,
+            "params": to_json(handle.task.params), "schedules": to_json(handle.task.schedule_specs),
+            "node": life.node, "started": datetime.fromtimestamp(handle.started, tz=timezone.utc),
+            "ended": datetime.now(tz=timezone.utc), "restarts": life.restarts,
+            "restart_log": to_json(life.restart_log), "last_step": life.step,
+            "error": life.error or None, "lost": life.counts["lost"],
+            "retries": life.counts["retries"], "interruptions": life.counts["interruptions"],
+            "checkpoint": checkpoint or None,
+        }
+        self.records.write("trials", life.number, [row])
+
+    def _check_same_failure(self) -> None:
+        """Stop when the first trials all failed with one error: every other would too."""
+        first = self.finished_order[:SAME_FAILURE_TRIALS]
+        if (self.config.search.n_trials <= SAME_FAILURE_TRIALS or self.abort_reason
+                or len(first) < SAME_FAILURE_TRIALS):
+            return
+        errors = {life.error for life in first if life.state == lc.State.FAILED}
+        if len(errors) == 1 and all(life.state == lc.State.FAILED for life in first):
+            self.abort_reason = errors.pop()
+            self.on_event("aborting", {"error": self.abort_reason, "trials": len(first)})
+            self.stop()
+
+    # --- the worker pool -----------------------------------------------------------------------
+
+    def _launch(self, handle: Handle, placement: Optional[dict]) -> None:
+        handle.placement = placement
+        handle.task.restarted = bool(self.trials[handle.task.number].restart_log)
+        handle.worker = self._acquire(placement)
+        handle.stream = handle.worker.actor.run.remote(task_payload(handle.task))
+        self.streams[handle.stream] = handle.task.number
+
+    def _acquire(self, placement: Optional[dict]) -> Worker:
+        """An idle worker that suits the placement, else a fresh actor (idle ones released first,
+        so the new actor never waits for resources an idle actor holds)."""
+        for worker in reversed(self.idle):
+            if _suits(worker, placement):
+                self.idle.remove(worker)
+                return worker
+        while self.idle:
+            _kill(self.idle.pop())
+        return Worker(self.new_worker(study_lib.affinity(placement, self.config.resources)))
+
+    def _release(self, worker: Worker) -> None:
+        """A worker is free. An actor still waiting to be placed may need what it holds: then it
+        takes over that actor's trial (or, if it cannot, it goes). Otherwise it joins the pool."""
+        waiting = [h for h in self.handles.values() if h.worker is not None and not h.worker.placed]
+        actors = sum(h.worker is not None for h in self.handles.values()) + len(self.idle) + 1
+        crowded = actors > self.capacity  # more actors than the cluster holds: one must wait
+        for handle in waiting:
+            pinned_here = bool(handle.placement) and _suits(worker, handle.placement)
+            if pinned_here or (crowded and _suits(worker, handle.placement)):
+                pending = handle.worker
+                self._forget_stream(handle)
+                _kill(pending)
+                handle.worker = worker
+                handle.stream = worker.actor.run.remote(task_payload(handle.task))
+                self.streams[handle.stream] = handle.task.number
+                return
+        if waiting and (crowded or any(h.placement for h in waiting)):
+            _kill(worker)
+            return
+        self.idle.append(worker)
+
+    def _release_unneeded(self) -> None:
+        """Idle actors go when no trial will want them (the sweep winds down)."""
+        if self.idle and not self._wants_worker() and not self._can_start_new():
+            while self.idle:
+                _kill(self.idle.pop())
+
+    def _wants_worker(self) -> bool:
+        return any(life.state in lc.WANTS_WORKER for life in self.trials.values())
+
+    def _on_worker(self) -> int:
+        return sum(life.state in lc.ON_WORKER for life in self.trials.values())
+
+    def _can_start_new(self) -> bool:
+        if self.stop_requested or self.exhausted:
+            return False
+        return self.deadline is None or time.monotonic() < self.deadline
+
+    def _schedule(self) -> None:
+        """Fill free slots: queued trials first (oldest number first), then new ones."""
+        while not self.stop_requested and self._on_worker() < self.capacity:
+            queued = sorted(n for n, life in self.trials.items() if life.state in lc.WANTS_WORKER)
+            if queued:
+                self._apply(self.trials[queued[0]], lc.Assigned())
+                continue
+            if not self._can_start_new():
+                break
+            self._start_new()
+        self._release_unneeded()
+
+    def _update_capacity(self) -> None:
+        fits, notice = study_lib.capacity(self.config.resources, self.max_concurrent,
+                                          self._local)
+        if notice and fits != self.capacity:
+            self.on_event("notice", {"message": notice})
+        self.capacity = fits
+
+    # --- control requests -------------------------------------------------------------------
+
+    def _take_request(self, request: dict) -> None:
         number, action = int(request["trial"]), request["action"]
-        run = self._in_flight(number)
-        if action == "pause":
-            if run is not None:
-                run.worker.interrupt.remote(number, "paused")
-            self.paused.add(number)
-        elif action == "resume":
-            self.paused.discard(number)
-        elif action == "migrate":
-            target = request.get("to")
-            self.placement[number] = {"node": target, "soft": False} if target else None
-            if run is not None:
-                run.worker.interrupt.remote(number, "migrate")
-        self.control.set_paused(self.paused)
-        self.on_event("control", {"number": number, "action": action})
+        life = self.trials.get(number)
+        if life is None:
+            self.on_event("notice", {"message": f"trial {number}: not run by this sweep; "
+                                                f"{action} ignored"})
+            return
+        placement = None
+        if action == "migrate":
+            placement, problem = self._migration_target(life, request.get("to"))
+            if problem:
+                self.on_event("notice", {"message": f"trial {number}: {problem}"})
+                return
+        self._apply(life, lc.Control(action, placement))
+        self._save_paused()
 
-    def _poll_controls(self, force: bool = False) -> None:
-        """Apply pause/resume/migrate requests; about once a second, heartbeat and adopt orphans."""
+    def _migration_target(self, life: lc.Lifecycle, to: Optional[str]) -> tuple[Optional[dict], str]:
+        try:
+            if to:
+                node = study_lib.resolve_node(to)
+                if node == life.node_id and life.state in lc.ON_WORKER:
+                    return None, f"already on node {to}; it goes on where it is"
+                return {"node": node, "soft": False}, ""
+        except study_lib.ResumeError as exc:
+            return None, f"{exc}; it goes on where it is"
+        other = study_lib.other_node(life.node_id, self.config.resources)
+        if other is None:
+            return None, "no other node can take it; it goes on where it is"
+        return other, ""
+
+    def _save_paused(self) -> None:
+        """paused.json: ours as they stand, and the paused trials this driver has not taken up."""
+        ours = {n for n, life in self.trials.items() if life.state == lc.State.PAUSED}
+        self.control.set_paused(ours | (self.control.paused() - set(self.trials)))
+
+    def _poll(self, force: bool = False) -> None:
+        """Requests every tick; heartbeat, live status, capacity and orphans about once a second."""
+        if self._stop_signalled and not self.stop_requested:
+            self.stop()
         for request in self.control.take():
-            self._apply(request)
+            self._take_request(request)
         now = time.monotonic()
-        if not force and now - self._last_poll < CONTROL_POLL_SECONDS:
+        if not force and now - self._last_poll < POLL_SECONDS:
             return
         self._last_poll = now
-        now = time.monotonic()
         if now - self._last_heartbeat >= HEARTBEAT_SECONDS:
-            self._last_heartbeat = now
-            self.study.set_user_attr(f"heartbeat:{self.driver_id}", time.time())
-        if not self.stop_requested and len(self.running) < self.max_concurrent:
+            self._beat()
+        self._update_capacity()
+        if not self.stop_requested:
+            paused = self.control.paused()
             for frozen in self._orphans():
-                if len(self.running) >= self.max_concurrent:
-                    break
-                self._resume(frozen)
+                self._adopt(frozen, paused)
+        self._write_live()
 
-    def _orphans(self) -> list[optuna.trial.FrozenTrial]:
-        """RUNNING trials that no live driver runs: ours waiting for a worker, or a dead driver's."""
-        attrs = self.study.user_attrs
-        stale = time.time() - HEARTBEAT_STALE_SECONDS
-        orphans = []
-        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if (frozen.number in self.paused or frozen.number in self.superseded
-                    or self._in_flight(frozen.number) is not None):
-                continue
-            owner = frozen.user_attrs.get("driver")
-            started = frozen.datetime_start.timestamp() if frozen.datetime_start else 0.0
-            # a trial just asked by another driver has no owner yet: its start time vouches for it
-            last_sign = max(attrs.get(f"heartbeat:{owner}", 0.0), 0.0 if owner else started)
-            if owner == self.driver_id or owner in self.dead_drivers or last_sign < stale:
-                orphans.append(frozen)
-        return orphans
-
-    def _can_start(self) -> bool:
-        if self.stop_requested or len(self.running) >= self.max_concurrent:
-            return False
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            return False
-        return not self.exhausted
-
-    # --- events ------------------------------------------------------------------------------
-
-    def _handle(self, run: RunningTrial, event: dict) -> bool:
-        """Apply one event; True when the trial is over."""
-        kind = event["type"]
-        if kind == "started":
-            previous = run.node
-            run.node, run.node_id = event.get("ip", ""), event.get("node_id", "")
-            run.step = event["step"]
-            # The worker's resume step is the truth: the last checkpoint announced may lag behind
-            # the last durable one (a background save, or a kill just after a save). Reports after
-            # it are redone and reported again.
-            run.reports = {s: r for s, r in run.reports.items() if s <= run.step}
-            if run.restart_log and run.restart_log[-1].get("to_node") is None:
-                run.restart_log[-1].update(to_node=run.node_id, from_step=run.step)
-                run.trial.set_user_attr("restart_log", run.restart_log)
-            self.on_event("placed", {"number": run.task.number, "node_id": run.node_id,
-                                     "pid": event.get("pid"), "step": event["step"],
-                                     "accelerators": event.get("accelerators", {}),
-                                     "previous": previous, "lost_at": run.lost_at})
-        elif kind == "report":
-            self._report(run, event)
-        elif kind == "checkpoint":
-            run.checkpoint_step = event["step"]
-            self._write_history(run)
-        elif kind in ("done", "pruned", "failed", "interrupted"):
-            self._finish(run, event)
-            return True
-        elif kind == "superseded":  # another driver's worker claimed the trial: it is theirs now
-            self.superseded.add(run.task.number)
-            self.idle.append(run.worker)
-            self.on_event("superseded", {"number": run.task.number, "reason": event["reason"]})
-            return True
-        return False
-
-    def _report(self, run: RunningTrial, event: dict) -> None:
-        step = event["step"]
-        run.step = step
-        run.last_metrics.update(event["metrics"])
-        run.applied = event.get("hyperparams", {})
-        run.reports[step] = event
-        prune = False
-        if self.pruning and self.objectives[0] in event["metrics"]:
-            if step not in run.reported_steps:
-                run.trial.report(event["metrics"][self.objectives[0]], step)
-                run.reported_steps.add(step)
-                prune = run.trial.should_prune()
-        if event.get("awaits"):
-            run.worker.decide.remote(run.task.number, prune)
-        self.on_event("report", {"number": run.task.number, "step": step,
-                                 "metrics": event["metrics"], "hyperparams": run.applied})
-
-    def _finish(self, run: RunningTrial, event: dict) -> None:
-        kind = event["type"]
-        number = run.task.number
-        if kind == "done":
-            missing = [m for m in self.objectives if m not in event["values"]]
-            if missing:
-                event = {"type": "failed", "error": f"trainable never reported objective "
-                         f"metric {missing[0]!r}", "traceback": ""}
-                kind = "failed"
-        if kind == "done":
-            values = [event["values"][m] for m in self.objectives]
-            self.study.tell(run.trial, values if len(values) > 1 else values[0])
-            state = "COMPLETE"
-        elif kind == "pruned":
-            self.study.tell(run.trial, state=TrialState.PRUNED)
-            state = "PRUNED"
-        elif kind == "interrupted":
-            state = "PAUSED" if event["reason"] == "paused" else "HANDOVER"
-            if state == "PAUSED":
-                self._record_restart(run, "paused")
-        elif run.retries < self.config.retries and event.get("traceback"):
-            run.retries += 1  # the trainable raised: rerun it from its latest checkpoint
-            self._record_restart(run, f"retry after {event['error']}"[:200])
-            self._launch(run)
-            return
-        else:
-            run.trial.set_user_attr("error", event["error"])
-            run.trial.set_user_attr("traceback", event["traceback"][-8000:])
-            self.study.tell(run.trial, state=TrialState.FAIL)
-            state = "FAIL"
-        self._write_history(run)
-        if state not in ("PAUSED", "HANDOVER"):
-            self._write_trial(run, state, event)
-        if event.get("reason") == "preempted":  # its process got SIGTERM: let it go
-            import ray
-
-            ray.kill(run.worker, no_restart=True)
-            self._handover(run)
-            return
-        self.idle.append(run.worker)
-        if event.get("reason") == "migrate":
-            self._handover(run)
-            return
-        self.on_event("finished", {"number": number, "state": state, "event": event})
-
-    def _handover(self, run: RunningTrial) -> None:
-        """Continue a trial that stopped at a checkpoint (SIGTERM, migrate) on another worker."""
-        if self.stop_requested:
-            return
-        self._record_restart(run, "handover")
-        if self.placement.get(run.task.number) is None:  # leave the node it was on
-            self.placement[run.task.number] = study_lib.other_node(run.node_id)
-        run.worker = self._worker(run.task.number)
-        self._launch(run)
-        self.on_event("restarted", {"number": run.task.number, "from_step": run.checkpoint_step})
-
-    def _record_restart(self, run: RunningTrial, reason: str) -> None:
-        run.restarts += 1
-        run.lost_at = time.time()
-        run.restart_log.append({"time": run.lost_at, "from_node": run.node_id,
-                                "from_step": run.checkpoint_step, "reason": reason,
-                                "to_node": None})
-        run.trial.set_user_attr("restarts", run.restarts)
-        run.trial.set_user_attr("restart_log", run.restart_log)
-
-    def _write_history(self, run: RunningTrial) -> None:
-        metrics, applied = history_rows(run.task.number, run.reports.values())
-        self.records.write("history", run.task.number, metrics)
-        self.records.write("applied", run.task.number, applied)
-
-    def _write_trial(self, run: RunningTrial, state: str, event: dict) -> None:
-        values = [event["values"][m] for m in self.objectives] if state == "COMPLETE" else None
-        row = {
-            "number": run.task.number, "state": state,
-            "value": values[0] if values else None, "values": values,
-            "params": to_json(run.task.params), "schedules": to_json(run.task.schedule_specs),
-            "node": run.node, "started": datetime.fromtimestamp(run.started, tz=timezone.utc),
-            "ended": datetime.now(tz=timezone.utc), "restarts": run.restarts,
-            "restart_log": to_json(run.restart_log), "last_step": run.step,
-            "error": event.get("error"),
-        }
-        self.records.write("trials", run.task.number, [row])
-
-    def _lost(self, run: RunningTrial, error: BaseException) -> None:
-        """The worker process or its node died: restart the trial from its checkpoint elsewhere."""
-        if run.restarts >= self.config.max_restarts:
-            self._finish(run, {"type": "failed", "error": f"worker lost {run.restarts + 1} times; "
-                               f"last: {type(error).__name__}", "traceback": str(error)})
-            self.idle.remove(run.worker)
-            return
-        self._record_restart(run, type(error).__name__)
-        run.worker = self.new_worker()
-        self._launch(run)
-        self.on_event("restarted", {"number": run.task.number, "from_step": run.checkpoint_step})
+    def _write_live(self) -> None:
+        rows = [{"number": n, "state": life.state.value, "step": life.step, "node": life.node,
+                 "restarts": life.restarts}
+                for n, life in sorted(self.trials.items()) if not life.finished]
+        self.control.write_live({"driver": self.driver_id, "pid": os.getpid(),
+                                 "host": socket.gethostname(), "updated": time.time(),
+                                 "trials": rows})
 
     # --- main loop ---------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Checkpoint every running trial at its next step and stop; the sweep stays resumable."""
         self.stop_requested = True
-        for run in self.running.values():
-            run.worker.interrupt.remote(run.task.number, "stopped")
+        for life in list(self.trials.values()):
+            self._apply(life, lc.Control("stop"))
 
     def run(self) -> SweepSummary:
+        self._local = _local_cluster()
         previous_driver = self.control.dead_driver()
         if previous_driver:
             self.dead_drivers.add(previous_driver)
@@ -391,66 +458,113 @@ class Sweep:
             raise study_lib.ResumeError(f"{self.run_dir}: another sweep process drives this run "
                                         f"dir; use sweep pause/resume/migrate to steer it")
         study_lib.check_storage_reachable(self.config)
+        fits, notice = study_lib.capacity(self.config.resources, self.max_concurrent, self._local)
+        if fits == 0 and self._local:
+            raise study_lib.ResumeError(notice)
         self.control.claim_driver(self.driver_id)
+        if self.on_claimed is not None:
+            self.on_claimed()
+        if self.unpause is None or self.unpause:  # sweep resume: only now that the run is ours
+            paused = self.control.paused()
+            self.control.set_paused(set() if self.unpause is None else paused - self.unpause)
+        study_lib.name_metrics(self.study, self.objectives)
         self._beat()
-        previous = self._install_interrupt_handler()
+        previous = self._install_signal_handlers()
         try:
-            self._resume_orphans()
+            self.capacity = fits
+            if notice:
+                self.on_event("notice", {"message": notice})
+            paused = self.control.paused()
+            for frozen in self._orphans():  # before requests left for a stopped sweep
+                self._adopt(frozen, paused)
             self._loop()
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-            self.study.set_user_attr(f"heartbeat:{self.driver_id}", 0.0)  # gone: trials up for grabs
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            for worker in self.idle:
+                _kill(worker)
+            self.idle.clear()
+            study_lib.heartbeat(self.study, self.driver_id, stopped=True)
+            self._save_paused()
+            self.control.clear_live()
             self.control.release_driver()
         return self.summary()
 
     def _beat(self) -> None:
         self._last_heartbeat = time.monotonic()
-        self.study.set_user_attr(f"heartbeat:{self.driver_id}", time.time())
+        study_lib.heartbeat(self.study, self.driver_id)
 
-    def _install_interrupt_handler(self):
-        """First Ctrl-C: checkpoint and stop cleanly. Second: stop at once (still resumable)."""
+    def _install_signal_handlers(self) -> dict:
+        """First Ctrl-C or SIGTERM: checkpoint and stop cleanly. Second: stop at once."""
         if threading.current_thread() is not threading.main_thread():
-            return None
+            return {}
 
-        def on_interrupt(signum, frame):
-            if self.stop_requested:
+        def on_signal(signum, frame):
+            if self._stop_signalled and self.exit_at_once:
+                # the CLI's second Ctrl-C: no half-run cleanup that could block; the trials'
+                # checkpoints stand and the next driver resumes them ("driver lost")
+                print(f"sweep: stopped at once; continue with: sweep resume {self.run_dir}",
+                      file=sys.stderr, flush=True)
+                os._exit(130)
+            if self._stop_signalled:
                 raise KeyboardInterrupt
-            self.on_event("stopping", {})
-            self.stop()
+            self._stop_signalled = True  # the loop stops the trials at its next tick
+            running = self._on_worker()
+            self.on_event("stopping", {"running": f"{running} running trial"
+                                                  f"{'' if running == 1 else 's'}"})
 
-        return signal.signal(signal.SIGINT, on_interrupt)
+        return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def _loop(self) -> None:
         import ray
 
         while True:
-            while self._can_start():
-                self._start_new()
-            if not self.running:
-                self._poll_controls(force=True)  # a resume request or an orphan may be waiting
-                if not self.running:
-                    break
-            ready, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0)
+            self._poll()
+            self._schedule()
+            if not self.streams:
+                if self._over():
+                    self._poll(force=True)  # a resume request or an orphan may be waiting
+                    self._schedule()
+                    if self._over():
+                        break
+                else:  # queued trials wait for the cluster to grow (an autoscaler)
+                    time.sleep(TICK_SECONDS)
+                continue
+            ready, _ = ray.wait(list(self.streams), num_returns=1, timeout=TICK_SECONDS)
             self.on_event("tick", {})
             for stream in ready:
-                run = self.running[stream]  # stays listed while its events are handled
-                try:
-                    batch = ray.get(next(stream))
-                except StopIteration:
-                    del self.running[stream]
-                    continue
-                except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError,
-                        ray.exceptions.WorkerCrashedError) as exc:
-                    del self.running[stream]
-                    self._lost(run, exc)
-                    continue
-                over = False
-                for event in batch:
-                    over = self._handle(run, event) or over
-                if over:
-                    del self.running[stream]
-            self._poll_controls()
+                self._receive(stream)
+
+    def _over(self) -> bool:
+        """Nothing runs, nothing waits for a worker, and no new trial may start."""
+        waiting = self._wants_worker() and not self.stop_requested
+        return not self._on_worker() and not waiting and not self._can_start_new()
+
+    def _receive(self, stream: Any) -> None:
+        import ray
+
+        number = self.streams.get(stream)
+        if number is None:  # its worker was let go meanwhile
+            return
+        life = self.trials[number]
+        try:
+            batch = ray.get(next(stream))
+        except StopIteration:
+            self.streams.pop(stream, None)
+            return
+        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError,
+                ray.exceptions.WorkerCrashedError) as exc:
+            self.streams.pop(stream, None)
+            self.handles[number].stream = None
+            self._apply(life, lc.WorkerLost(type(exc).__name__))
+            return
+        handle = self.handles[number]
+        for raw in batch:
+            if handle.stream is not stream:
+                break  # an earlier event in the batch let the worker go
+            if raw["type"] == "placed":
+                handle.worker.placed, handle.worker.node_id = True, raw.get("node_id", "")
+            self._apply(life, _event(raw))
 
     def summary(self) -> SweepSummary:
         trials = self.study.get_trials(deepcopy=False)
@@ -464,7 +578,56 @@ class Sweep:
             best = {"number": t.number, "value": t.value,
                     "schedules": t.user_attrs.get("schedule_specs"),
                     "params": t.user_attrs.get("params")}
-        return SweepSummary(counts=counts, best=best, run_dir=self.run_dir)
+        return SweepSummary(counts=counts, best=best, run_dir=self.run_dir,
+                            paused=sorted(self.control.paused()))
+
+
+def _event(raw: dict) -> lc.Event:
+    """A worker's event (plain data over Ray) as a lifecycle event."""
+    kind = raw["type"]
+    if kind == "placed":
+        return lc.Placed(raw.get("ip", ""), raw.get("node_id", ""),
+                         {"pid": raw.get("pid"), "accelerators": raw.get("accelerators", {})})
+    if kind == "started":
+        return lc.Started(raw["step"], tuple(raw.get("replay", ())), raw.get("notice", ""))
+    if kind == "report":
+        return lc.Report(raw["step"], raw["metrics"], raw.get("hyperparams", {}), raw["time"],
+                         bool(raw.get("awaits")))
+    if kind == "checkpoint":
+        return lc.CheckpointDurable(raw["step"], raw.get("uri", ""))
+    if kind == "done":
+        return lc.Done(raw["values"], raw.get("checkpoint", ""))
+    if kind == "pruned":
+        return lc.Pruned(raw.get("reason", ""))
+    if kind == "failed":
+        return lc.Raised(raw["error"], raw.get("traceback", ""))
+    if kind == "interrupted":
+        return lc.Interrupted(raw["reason"])
+    if kind == "superseded":
+        return lc.Superseded(raw["reason"])
+    raise ValueError(f"unknown worker event {kind!r}")
+
+
+def _suits(worker: Worker, placement: Optional[dict]) -> bool:
+    if not placement:
+        return True
+    if "avoid" in placement:
+        return worker.node_id != placement["avoid"]
+    return worker.node_id == placement["node"]
+
+
+def _kill(worker: Worker) -> None:
+    import ray
+
+    ray.kill(worker.actor, no_restart=True)
+
+
+def _local_cluster() -> bool:
+    """Whether every node of the cluster is on this host (then nothing will add resources)."""
+    import ray
+
+    here = ray.util.get_node_ip_address()
+    return {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")} <= {here}
 
 
 def _reports_from_rows(history: list[dict], applied: list[dict]) -> dict[int, dict]:

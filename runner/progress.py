@@ -10,6 +10,25 @@ from rich.live import Live
 from rich.table import Table
 
 
+_LINES = {
+    "adopted": "trial {number} picked up from the previous driver",
+    "resumed": "trial {number}: resume requested",
+    "paused": "trial {number} paused at step {step}",
+    "superseded": "trial {number} is run by another worker now; this one stopped ({reason})",
+    "notice": "{message}",
+    "stopping": "stopping: checkpointing {running} (Ctrl-C again to quit at once; the sweep "
+                "stays resumable either way)",
+    "aborting": "stopping: the first {trials} trials all failed with: {error}",
+}
+_REQUEUED = {
+    "lost": "trial {number} lost its worker ({error}); resumes from step {from_step}",
+    "retry": "trial {number} raised {error}; retrying from step {from_step}",
+    "migrate": "trial {number} migrating from step {from_step}",
+    "handover": "trial {number} handing over (its worker is going away) at step {from_step}",
+}
+_ALWAYS = {"notice", "stopping", "aborting", "superseded", "requeued"}  # shown beside the table
+
+
 class Progress:
     """Receives the driver's events (``on_event``) and shows them."""
 
@@ -39,38 +58,42 @@ class Progress:
             self.live.__exit__(*exc)
 
     def __call__(self, kind: str, info: dict) -> None:
-        if kind in ("started", "resumed"):
-            self.running[info["number"]] = {"step": 0, "lr": None}
-            if not self.live_mode:
-                self.console.print(f"trial {info['number']} {kind}", highlight=False)
+        number = info.get("number")
+        line = _LINES.get(kind)
+        if kind == "started":
+            self.running[number] = {"step": info["step"], "lr": None}
+            line = ("trial {number} resumed at step {step}" if info["resumed"]
+                    else "trial {number} started")
         elif kind == "report":
-            row = self.running.setdefault(info["number"], {"step": 0, "lr": None})
+            row = self.running.setdefault(number, {"step": 0, "lr": None})
             row["step"] = info["step"]
             row["lr"] = info["hyperparams"].get("learning_rate")
             row["metric"] = info["metrics"].get(self.objective)
-        elif kind == "restarted":
-            self.console.print(f"trial {info['number']} lost its worker; restarting from step "
-                               f"{info['from_step']}", highlight=False)
-        elif kind == "superseded":
-            self.running.pop(info["number"], None)
-            self.console.print(f"trial {info['number']} is run by another worker now; this one "
-                               f"stopped ({info['reason']})", highlight=False)
+        elif kind in ("requeued", "paused", "stopped", "superseded"):
+            self.running.pop(number, None)
+            if kind == "requeued":
+                line = _REQUEUED[info["why"]]
+            if kind == "paused":
+                self.counts["PAUSED"] += 1
         elif kind == "finished":
-            self.running.pop(info["number"], None)
-            self.counts[info["state"]] = self.counts.get(info["state"], 0) + 1
-            event = info["event"]
-            if info["state"] == "COMPLETE" and self.objective in event.get("values", {}):
-                value = event["values"][self.objective]
-                if self.best is None or self.sign * value < self.sign * self.best[0]:
-                    self.best = (value, info["number"])
-            if not self.live_mode:
-                detail = event.get("error") or ""
-                value = event.get("values", {}).get(self.objective)
-                shown = f" {self.objective}={value:.6g}" if value is not None else ""
-                self.console.print(f"trial {info['number']} {info['state']}{shown} {detail}".rstrip(),
-                                   highlight=False)
+            self.running.pop(number, None)
+            self._finished(number, info)
+        if line and (self.live is None or kind in _ALWAYS):
+            self.console.print(line.format(**info), highlight=False, markup=False, soft_wrap=True)
         if self.live is not None:
             self.live.update(self._table())
+
+    def _finished(self, number: int, info: dict) -> None:
+        state = info["state"]
+        self.counts[state] = self.counts.get(state, 0) + 1
+        value = info["values"].get(self.objective)
+        if state == "COMPLETE" and value is not None:
+            if self.best is None or self.sign * value < self.sign * self.best[0]:
+                self.best = (value, number)
+        if self.live is None:
+            shown = f" {self.objective}={value:.6g}" if value is not None else ""
+            self.console.print(f"trial {number} {state}{shown} {info['error']}".rstrip(),
+                               highlight=False, markup=False, soft_wrap=True)
 
     def _eta(self) -> str:
         done = sum(self.counts[s] for s in ("COMPLETE", "PRUNED", "FAIL"))

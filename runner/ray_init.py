@@ -40,6 +40,10 @@ def ray_session(address: Optional[str] = None) -> Iterator[None]:
     common = {"include_dashboard": False, "logging_level": logging.WARNING,
               "configure_logging": True, "log_to_driver": True}
     if address is None:
+        # Token auth stays on (a local Ray is on loopback, and the token keeps other local users
+        # out); only the warning Ray prints about it on every start is silenced.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR)
         # workers inherit the environment: cheaper than a runtime_env, which costs each new actor
         os.environ["PYTHONPATH"] = _code_path()
         ray.init(address="local", _node_ip_address="127.0.0.1", **common)

@@ -9,14 +9,13 @@ complete trials only.
 from __future__ import annotations
 
 import json
-import os
-import uuid
-from urllib.parse import urlsplit, urlunsplit
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Union
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from runner.rundir import RunDir
 
 TABLES = ("trials", "history", "applied")
 
@@ -26,6 +25,8 @@ TRIALS_SCHEMA = pa.schema([
     ("node", pa.string()), ("started", pa.timestamp("us", tz="UTC")),
     ("ended", pa.timestamp("us", tz="UTC")), ("restarts", pa.int64()),
     ("restart_log", pa.string()), ("last_step", pa.int64()), ("error", pa.string()),
+    ("lost", pa.int64()), ("retries", pa.int64()), ("interruptions", pa.int64()),
+    ("checkpoint", pa.string()),
 ])
 HISTORY_SCHEMA = pa.schema([("trial", pa.int64()), ("step", pa.int64()), ("metric", pa.string()),
                             ("value", pa.float64()), ("time", pa.timestamp("us", tz="UTC"))])
@@ -36,51 +37,50 @@ SCHEMAS = {"trials": TRIALS_SCHEMA, "history": HISTORY_SCHEMA, "applied": APPLIE
 
 def child_uri(uri: str, path: str) -> str:
     """``path`` inside the directory ``uri``, keeping a URI's query (endpoint override...)."""
-    if "://" not in uri:
-        return os.path.join(os.path.abspath(uri), path)
-    parts = urlsplit(uri)
-    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + path))
+    return RunDir(uri).uri_of(path)
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and path for a local path or any pyarrow.fs URI."""
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), os.path.abspath(uri)
-    return pafs.FileSystem.from_uri(uri)
+    run = RunDir(uri)
+    return run.fs, run.root
 
 
 class RunRecords:
     """Reads and writes the per-trial tables of one run dir."""
 
-    def __init__(self, run_dir: str) -> None:
-        self.run_dir = run_dir
-        self.fs, self.root = filesystem(run_dir)
+    def __init__(self, run_dir: Union[str, RunDir]) -> None:
+        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.run_dir = self.run.uri
 
-    def _path(self, table: str, number: int) -> str:
-        return f"{self.root}/{table}/trial-{number:05d}.parquet"
+    @staticmethod
+    def _relative(table: str, number: int) -> str:
+        return f"{table}/trial-{number:05d}.parquet"
 
     def write(self, table: str, number: int, rows: Iterable[Mapping[str, Any]]) -> None:
         data = pa.Table.from_pylist(list(rows), schema=SCHEMAS[table])
-        self.fs.create_dir(f"{self.root}/{table}", recursive=True)
-        final = self._path(table, number)
-        temp = f"{final}.{uuid.uuid4().hex}.tmp"
-        with self.fs.open_output_stream(temp) as sink:
-            pq.write_table(data, sink)
-        self.fs.move(temp, final)
+        sink = pa.BufferOutputStream()
+        pq.write_table(data, sink)
+        self.run.write_bytes(self._relative(table, number), sink.getvalue().to_pybytes())
 
     def read(self, table: str) -> pa.Table:
-        selector = pafs.FileSelector(f"{self.root}/{table}", allow_not_found=True)
-        paths = sorted(i.path for i in self.fs.get_file_info(selector)
-                       if i.path.endswith(".parquet"))
-        parts = [pq.read_table(p, filesystem=self.fs, schema=SCHEMAS[table]) for p in paths]
+        """Every trial's rows; empty only when the table has no file yet."""
+        parts = [self._parse(relative, table) for relative in self.run.list(table, ".parquet")]
         return pa.concat_tables(parts) if parts else SCHEMAS[table].empty_table()
 
     def read_trial(self, table: str, number: int) -> pa.Table:
+        """One trial's rows; empty only when its file is absent."""
         try:
-            return pq.read_table(self._path(table, number), filesystem=self.fs,
-                                 schema=SCHEMAS[table])
-        except (FileNotFoundError, OSError):
+            return self._parse(self._relative(table, number), table)
+        except FileNotFoundError:
             return SCHEMAS[table].empty_table()
+
+    def _parse(self, relative: str, table: str) -> pa.Table:
+        data = self.run.read_bytes(relative)
+        try:
+            return pq.read_table(pa.BufferReader(data), schema=SCHEMAS[table])
+        except (pa.ArrowException, ValueError) as exc:
+            raise self.run.error(relative, f"read the {table} table", exc) from None
 
 
 def history_rows(number: int, reports: Iterable[Mapping[str, Any]]) -> tuple[list, list]:
@@ -100,4 +100,5 @@ def history_rows(number: int, reports: Iterable[Mapping[str, Any]]) -> tuple[lis
 
 
 def to_json(value: Any) -> str:
+    """The JSON text stored in the tables' string columns (params, schedules, restart_log)."""
     return json.dumps(value, sort_keys=True, default=str)

@@ -8,6 +8,7 @@ conditional space: only the chosen branch's parameters are sampled.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Mapping
 
 import schedules
@@ -29,14 +30,73 @@ def distribution_kind(value: Any) -> str | None:
     return None
 
 
+def _is_bounds(value: Any) -> bool:
+    """A ``[low, high]`` pair of numbers: what a distribution's argument looks like."""
+    return isinstance(value, list) and len(value) == 2 and all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) for b in value)
+
+
+def _unknown_distribution(value: Any, numbers: bool) -> str | None:
+    """What is wrong with a one-key mapping that looks like a misspelt distribution, else None.
+
+    Anywhere a key close to a distribution name is suspect; where a number is expected (a
+    hyperparameter or a schedule field) so is any identifier-like key holding ``[low, high]``.
+    Other mappings are left alone: ``params`` values may be any dict.
+    """
+    if not isinstance(value, Mapping) or len(value) != 1:
+        return None
+    (key,) = value
+    if not isinstance(key, str) or key in DISTRIBUTIONS:
+        return None
+    close = difflib.get_close_matches(key, DISTRIBUTIONS, n=1, cutoff=0.75)
+    if not close and not (numbers and key.isidentifier() and _is_bounds(value[key])):
+        return None
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown distribution {key!r} ({hint}known: {', '.join(DISTRIBUTIONS)})"
+
+
+def check_distributions(value: Any, path: str, *, numbers: bool) -> None:
+    """Raise DistributionError naming a misspelt distribution (``log_uniform``) and the known ones.
+
+    Without this a typo reaches the schedule as a plain mapping and is reported as "expected a
+    number", which hides the real mistake. ``numbers``: the value is a hyperparameter's.
+    """
+    problem = _unknown_distribution(value, numbers)
+    if problem:
+        raise DistributionError(f"{path}: {problem}")
+    kind = distribution_kind(value)
+    if kind == "choice":
+        options = _options(path, value)
+        for index, option in enumerate(options):
+            label = _label(index, option, options)
+            check_distributions(option, f"{path}.{label}" if isinstance(option, Mapping) else path,
+                                numbers=numbers)
+    elif kind is None and isinstance(value, Mapping):
+        for k, v in value.items():
+            check_distributions(v, f"{path}.{k}", numbers=numbers)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_distributions(v, f"{path}.{i}", numbers=numbers)
+
+
+def _options(path: str, value: Mapping) -> list:
+    """A choice's options: a non-empty list, with nothing beside it."""
+    extra = set(value) - {"choice"}
+    if extra:
+        raise DistributionError(f"{path}: unexpected key {sorted(extra)[0]!r} beside 'choice'")
+    options = value["choice"]
+    if not isinstance(options, list) or not options:
+        raise DistributionError(f"{path}.choice: expected a non-empty list of options, "
+                                f"got {options!r}")
+    return options
+
+
 def _bounds(path: str, kind: str, value: Mapping) -> tuple[float, float]:
     extra = set(value) - {kind} - (_INT_OPTIONS if kind == "int" else set())
     if extra:
         raise DistributionError(f"{path}: unexpected key {sorted(extra)[0]!r} beside {kind!r}")
     bounds = value[kind]
-    numbers = isinstance(bounds, list) and len(bounds) == 2 and all(
-        isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
-    if not numbers or (kind == "int" and not all(isinstance(b, int) for b in bounds)):
+    if not _is_bounds(bounds) or (kind == "int" and not all(isinstance(b, int) for b in bounds)):
         what = "two integers" if kind == "int" else "two numbers"
         raise DistributionError(f"{path}.{kind}: expected a list of {what} [low, high], got {bounds!r}")
     low, high = bounds
@@ -106,13 +166,25 @@ class OptunaSuggest(Suggest):
 
 
 class _Exhaust(Suggest):
-    """Walks every branch of every choice, drawing bounds, to validate the whole space up front."""
+    """Walks every branch of every choice, drawing bounds, to validate the whole space up front.
+
+    ``choice_index`` is read in mixed radix: a choice nested in a branch of another (its name
+    extends the outer one's) takes the digit after the outer choice's, so across the indices of
+    ``_branch_count`` each of its options meets each outer branch it lives in. Sibling choices
+    share a digit, like ranges share a bound.
+    """
 
     def __init__(self, choice_index: int, bound: int) -> None:
         self.choice_index, self.bound = choice_index, bound
+        self.sizes: dict[str, int] = {}
 
     def categorical(self, name, options):
-        return options[self.choice_index % len(options)]
+        radix = 1
+        for outer, size in self.sizes.items():
+            if name.startswith(f"{outer}."):
+                radix *= size
+        self.sizes[name] = len(options)
+        return options[self.choice_index // radix % len(options)]
 
     def int(self, name, low, high, *, step, log):
         return (low, high)[self.bound]
@@ -141,6 +213,7 @@ def check_space(section: Mapping[str, Any], name: str, *, schedule_keys: bool) -
     """
     for key, value in section.items():
         path = f"{name}.{key}"
+        check_distributions(value, path, numbers=schedule_keys)
         for index in range(_branch_count(value)):
             for bound in (0, 1):
                 concrete = sample(value, path, _Exhaust(index, bound))
@@ -194,3 +267,24 @@ def realize(hyperparams: Mapping[str, Any], params: Mapping[str, Any], trial) ->
              for name, value in hyperparams.items()}
     concrete = {name: sample(value, f"params.{name}", suggest) for name, value in params.items()}
     return concrete, specs
+
+
+def invalid_points(hyperparams: Mapping[str, Any], params: Mapping[str, Any], *,
+                   seed: int | None, count: int) -> tuple[int, str | None]:
+    """How many of ``count`` random points give an invalid schedule, and the first one's reason.
+
+    ``check_space`` draws every range at its low ends together and at its high ends together;
+    ranges that constrain each other (warmup_steps against decay_steps) can still clash in
+    between, and the sweep fails such trials one by one.
+    """
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    invalid, reason = 0, None
+    for _ in range(count):
+        try:
+            realize(hyperparams, params, study.ask())
+        except schedules.ScheduleError as exc:
+            invalid += 1
+            reason = reason or str(exc)
+    return invalid, reason

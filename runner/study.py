@@ -91,12 +91,73 @@ def pruner(config: SweepConfig) -> optuna.pruners.BasePruner:
                                           reduction_factor=p.reduction_factor)
 
 
+def reseed(sampler: optuna.samplers.BaseSampler, seed: Optional[int], number: int) -> None:
+    """Make a seeded sampler's draws for trial ``number`` a function of (seed, number, history).
+
+    A resumed driver builds a fresh sampler, whose random streams would start over and repeat
+    earlier trials' points; reseeding before each ask keeps a resumed sweep on the sequence the
+    uninterrupted one would have drawn. Every random state of the sampler (and of the samplers
+    it delegates to, such as TPE's startup RandomSampler) is reseeded.
+    """
+    if seed is None:
+        return
+    import numpy as np
+    from optuna.samplers._lazy_random_state import LazyRandomState
+
+    state = np.random.SeedSequence([seed, number]).generate_state(1)[0]
+    seen: set[int] = set()
+
+    def walk(obj: Any, depth: int) -> None:
+        if id(obj) in seen or depth > 3:
+            return
+        seen.add(id(obj))
+        for value in vars(obj).values():
+            if isinstance(value, LazyRandomState):
+                value.rng.seed(int(state))
+            elif isinstance(value, np.random.RandomState):
+                value.seed(int(state))
+            elif hasattr(value, "__dict__") and type(value).__module__.startswith("optuna"):
+                walk(value, depth + 1)
+
+    walk(sampler, 0)
+
+
 def open_study(config: SweepConfig) -> optuna.Study:
     directions = [o.direction for o in config.objectives]
     return optuna.create_study(
         study_name=config.name, storage=storage(config), sampler=sampler(config),
         pruner=pruner(config), load_if_exists=True,
         **({"directions": directions} if len(directions) > 1 else {"direction": directions[0]}))
+
+
+def name_metrics(study: optuna.Study, objectives: list[str]) -> None:
+    """Name the study's objectives (optuna-dashboard shows them instead of "Objective 0")."""
+    if study.metric_names is None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(objectives))
+
+
+def heartbeat(study: optuna.Study, driver_id: str, stopped: bool = False) -> None:
+    """A driver's sign of life, as a study *system* attribute (out of the user attrs people read);
+    ``stopped`` says it left cleanly, so its trials resume as 'sweep resumed', not 'driver lost'."""
+    import time
+
+    study._storage.set_study_system_attr(study._study_id, f"heartbeat:{driver_id}",
+                                         {"time": 0.0 if stopped else time.time(),
+                                          "stopped": stopped})
+
+
+def heartbeats(study: optuna.Study) -> dict[str, dict]:
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    return {k.removeprefix("heartbeat:"): v for k, v in attrs.items()
+            if k.startswith("heartbeat:") and isinstance(v, dict)}
+
+
+def set_trial_system_attr(trial: optuna.Trial, key: str, value: Any) -> None:
+    trial.storage.set_trial_system_attr(trial._trial_id, key, value)
 
 
 def worker_factory(config: SweepConfig) -> Callable[[Optional[dict]], Any]:
@@ -193,10 +254,53 @@ def resolve_node(node: str) -> str:
     raise ResumeError(f"no alive Ray node matches {node!r}")
 
 
-def other_node(current: str) -> Optional[dict]:
-    """A soft preference for an alive node other than ``current`` (None: any node will do)."""
-    others = [n["NodeID"] for n in _alive_nodes() if n["NodeID"] != current]
+def _fits(node_resources: dict, resources) -> int:
+    """How many trials of ``resources`` one node's total resources hold (-1: unbounded)."""
+    asks = {"CPU": resources.cpu, "GPU": resources.gpu, **resources.custom}
+    counts = [int(node_resources.get(name, 0.0) // amount + 1e-9)
+              for name, amount in asks.items() if amount > 0]
+    return min(counts) if counts else -1
+
+
+def other_node(current: str, resources) -> Optional[dict]:
+    """A soft preference for another alive node that can hold a trial (None: there is none)."""
+    others = [n["NodeID"] for n in _alive_nodes()
+              if n["NodeID"] != current and _fits(n.get("Resources", {}), resources) != 0]
     return {"node": others[0], "soft": True} if others else None
+
+
+def affinity(placement: Optional[dict], resources) -> Optional[dict]:
+    """A lifecycle placement as a worker placement: ``avoid`` a node becomes a soft preference
+    for another one (or none when there is no other), a named node stays a hard pin."""
+    if not placement:
+        return None
+    if "avoid" in placement:
+        return other_node(placement["avoid"], resources)
+    return placement
+
+
+def capacity(resources, max_concurrent: int, local: bool) -> tuple[int, str]:
+    """Trials the cluster can run at once (at most ``max_concurrent``), and a one-line notice
+    when that is fewer than asked (the rest queue) or none (the sweep could never start)."""
+    nodes = _alive_nodes()
+    fits = [_fits(n.get("Resources", {}), resources) for n in nodes]
+    if any(f < 0 for f in fits):
+        return max_concurrent, ""
+    total = sum(fits)
+    asked = ", ".join(f"{k} {v:g}" for k, v in {"cpu": resources.cpu, "gpu": resources.gpu,
+                                                 **resources.custom}.items() if v)
+    if total == 0:
+        largest = max(nodes, key=lambda n: n.get("Resources", {}).get("CPU", 0.0), default={})
+        have = ", ".join(f"{k} {v:g}" for k, v in sorted(largest.get("Resources", {}).items())
+                         if k in ("CPU", "GPU") or k in resources.custom)
+        where = "no node of the cluster" if not local else "this machine's Ray"
+        wait = "" if local else "; waiting for the cluster to grow"
+        return 0, (f"resources: a trial asks for {asked}, which {where} can hold "
+                   f"(largest node: {have or 'nothing'}){wait}")
+    if total < max_concurrent:
+        return total, (f"max_concurrent {max_concurrent}: the cluster holds {total} trial"
+                       f"{'s' if total > 1 else ''} of {asked} at a time; the others queue")
+    return max_concurrent, ""
 
 
 def check_storage_reachable(config: SweepConfig) -> None:

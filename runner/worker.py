@@ -94,7 +94,7 @@ class TrialWorker:
         try:
             fn = resolve_trainable(trial.trainable)
             context = TrialContext(trial, emit, self.control)
-            events.put({"type": "started", "step": context.start_step, **self.where()})
+            events.put({"type": "placed", **self.where()})
             # Whatever the outcome, the last checkpoint is durable and announced before it.
             try:
                 returned = fn(context)
@@ -105,7 +105,7 @@ class TrialWorker:
             values = context.final_values()
             if isinstance(returned, dict):
                 values.update({k: float(v) for k, v in returned.items()})
-            events.put({"type": "done", "values": values})
+            events.put({"type": "done", "values": values, "checkpoint": context.final_checkpoint})
         except TrialPruned as exc:
             events.put({"type": "pruned", "reason": str(exc)})
         except TrialInterrupted as exc:

@@ -14,6 +14,7 @@ restore every leaf into it. This is the only module of ``schedules`` that import
 from __future__ import annotations
 
 import contextlib
+import difflib
 import inspect
 from contextvars import ContextVar
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -87,6 +88,27 @@ def _injectable(schedule: Schedule) -> Callable[..., Any]:
     return lambda count: _cast(schedule.value(count, jnp))
 
 
+def _check_names(factory: Callable[..., Any], signature: inspect.Signature,
+                 kwargs: Mapping[str, Any]) -> None:
+    """Refuse a keyword the factory does not take, naming the closest one it does.
+
+    ``Signature.bind`` would say only "unexpected keyword argument", and a misspelt name in a
+    sweep config fails every trial alike, so the likely intended name is worth spelling out.
+    """
+    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        return
+    names = [n for n, p in signature.parameters.items()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for name in kwargs:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1, cutoff=0.75)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            inner = getattr(factory, "func", factory)  # a functools.partial names its function
+            label = getattr(inner, "__name__", type(inner).__name__)
+            raise TypeError(f"hyperparameter {name!r}: {label} has no parameter {name!r} "
+                            f"({hint}parameters: {', '.join(names)})")
+
+
 def inject(factory: Callable[..., optax.GradientTransformation], /, *args: Any,
            static_args: str | Iterable[str] = (),
            hyperparam_dtype: jax.typing.DTypeLike | None = None,
@@ -98,7 +120,9 @@ def inject(factory: Callable[..., optax.GradientTransformation], /, *args: Any,
     ``state.hyperparams`` as optax documents; other callables (a ``mask`` function, a dtype) are
     passed through untouched instead of being mistaken for schedules.
     """
-    bound = inspect.signature(factory).bind(*args, **kwargs)
+    signature = inspect.signature(factory)
+    _check_names(factory, signature, kwargs)
+    bound = signature.bind(*args, **kwargs)
     static = {static_args} if isinstance(static_args, str) else set(static_args)
     for name, value in bound.arguments.items():
         if name in static:

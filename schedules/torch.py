@@ -13,6 +13,7 @@ order, and values a checkpoint or a PBT mutation left in ``param_groups`` cannot
 
 from __future__ import annotations
 
+import difflib
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence, Union
@@ -38,6 +39,9 @@ ALIASES = {"learning_rate": "lr", "b1": "betas.0", "b2": "betas.1"}
 """optax names whose param_group key differs; other optax names (eps, weight_decay, momentum) are
 the keys themselves, and any raw param_group key (``"lr"``, ``"betas.1"``, ``"alpha"``) works."""
 
+_OPTAX_NAMES = ("learning_rate", "b1", "b2", "eps", "weight_decay", "momentum")
+"""The optax hyperparameter names ``attach`` accepts besides raw param_group keys."""
+
 ScheduleLike = Union[Schedule, Mapping[str, Any], float]
 
 
@@ -61,6 +65,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _did_you_mean(name: str, params: Mapping[str, Any], numeric: list[str]) -> str:
+    """``"did you mean 'learning_rate'? "`` for a typo, else ``""``: a misspelt name fails alike
+    in every trial, so the closest optax name or numeric key this param group has is named."""
+    known = [n for n in _OPTAX_NAMES if ALIASES.get(n, n).partition(".")[0] in params]
+    close = difflib.get_close_matches(name, known + numeric, n=1, cutoff=0.75)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
 def _resolve(optimizer: Optimizer, group: int, name: str) -> tuple[str, str, int | None]:
     """The param_group key a hyperparameter name drives: (key, field, tuple position)."""
     key = ALIASES.get(name, name)
@@ -70,8 +82,9 @@ def _resolve(optimizer: Optimizer, group: int, name: str) -> tuple[str, str, int
     where = f"param group {group}, hyperparameter {name!r}"
     if field not in params or ("." in key and pos is None):
         numeric = sorted(k for k, v in params.items() if _is_number(v))
+        hint = _did_you_mean(name, params, numeric)
         raise ScheduleError(f"{where}: {type(optimizer).__name__} has no hyperparameter {key!r} "
-                            f"(numeric ones: {', '.join(numeric)})")
+                            f"({hint}numeric ones: {', '.join(numeric)})")
     value = params[field]
     if pos is not None:
         if not isinstance(value, (tuple, list)) or pos >= len(value):

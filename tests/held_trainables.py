@@ -7,6 +7,7 @@ seeded like the baseline it is compared with; tests/trainables.py stays free of 
 from __future__ import annotations
 
 import os
+import signal
 import threading
 
 from examples.digits_torch import train
@@ -31,3 +32,42 @@ def digits_save_held_at_40(ctx: TrialContext) -> None:
         train(ctx)
     finally:
         _store._write = write
+
+
+def digits_report_lost_at_40(ctx: TrialContext) -> None:
+    """examples.digits_torch:train, but on the trial's first attempt the report of step 40 never
+    reaches the driver and the worker dies once the checkpoint of step 40 is durable."""
+    marker = os.path.join(os.path.dirname(ctx.task.checkpoint_root), f"lost-{ctx.number}")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        emit = ctx._emit
+
+        def lossy(event: dict):
+            if event["type"] == "report" and event["step"] == 40:
+                return False  # lost in transit; the pruner's answer would have been "go on"
+            if event["type"] == "checkpoint" and event["step"] == 40:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return emit(event)
+
+        ctx._emit = lossy
+    train(ctx)
+
+
+def digits_held_after_40(ctx: TrialContext) -> None:
+    """examples.digits_torch:train, but on trial 0's first attempt it says so on stdout once its
+    checkpoint of step 40 is durable, then never goes on: whoever kills the driver on that line
+    kills it mid-trial."""
+    marker = os.path.join(os.path.dirname(ctx.task.checkpoint_root), f"held-{ctx.number}")
+    if ctx.number == 0 and not os.path.exists(marker):
+        open(marker, "w").close()
+        emit = ctx._emit
+
+        def held(event: dict):
+            answer = emit(event)
+            if event["type"] == "checkpoint" and event["step"] == 40:
+                print("held after the checkpoint of step 40", flush=True)
+                threading.Event().wait()
+            return answer
+
+        ctx._emit = held
+    train(ctx)

@@ -70,6 +70,16 @@ BAD = [
     ("unknown checkpoint key", {**GOOD, "checkpoint": {"keep": 3}}, "checkpoint.keep: unknown key"),
     ("a metric but no best kept", {**GOOD, "checkpoint": {"metric": "loss"}}, "checkpoint.keep_best: expected at least 1 where a metric or mode ranks the best checkpoints"),
     ("best by a metric of unknown sense", {**GOOD, "checkpoint": {"keep_best": 1, "metric": "acc"}}, "checkpoint.mode: expected min or max for metric 'acc', which is not an objective"),
+    ("misspelt distribution in a schedule", _with("hyperparams.learning_rate", {"kind": "constant", "value": {"log_uniform": [1e-4, 1e-1]}}), "hyperparams.learning_rate.value: unknown distribution 'log_uniform' (did you mean 'loguniform'? known: loguniform, uniform, int, choice)"),
+    ("misspelt distribution in a branch", _with("hyperparams.learning_rate", {"choice": [{"kind": "constant", "value": 0.1}, {"kind": "wsd", "peak_value": {"loguniform": [1e-4, 1e-1]}, "warmup_steps": {"nt": [0, 5]}, "stable_steps": 5, "decay_steps": 5}]}), "hyperparams.learning_rate.wsd.warmup_steps: unknown distribution 'nt' (did you mean 'int'? known: loguniform, uniform, int, choice)"),
+    ("unknown distribution where a number goes", _with("hyperparams.b1", {"normal": [0.8, 0.95]}), "hyperparams.b1: unknown distribution 'normal' (known: loguniform, uniform, int, choice)"),
+    ("misspelt distribution in params", _with("params.width", {"chioce": [8, 16]}), "params.width: unknown distribution 'chioce' (did you mean 'choice'? known: loguniform, uniform, int, choice)"),
+    ("choice of nothing", _with("params.width", {"choice": []}), "params.width.choice: expected a non-empty list of options, got []"),
+    ("choice not a list", _with("params.width", {"choice": 8}), "params.width.choice: expected a non-empty list of options, got 8"),
+    ("key beside a choice", _with("params.width", {"choice": [8, 16], "step": 2}), "params.width: unexpected key 'step' beside 'choice'"),
+    ("bad option of a nested choice", _with("hyperparams.learning_rate", {"choice": [{"kind": "constant", "value": 0.1}, {"kind": "warmup_cosine_decay", "init_value": 0.0, "peak_value": 0.1, "warmup_steps": {"choice": [30, 5]}, "decay_steps": 20}]}), "hyperparams.learning_rate: warmup_cosine_decay.decay_steps: expected more than warmup_steps (30)"),
+    ("misspelt hyperparameter", _with("hyperparams.learnin_rate", 0.1), "hyperparams.learnin_rate: unknown hyperparameter (did you mean 'learning_rate'? known: learning_rate, b1, b2, eps, weight_decay, momentum, or a param_group key)"),
+    ("grid sampler over a float range", _with("search.sampler", "grid"), "hyperparams.learning_rate.warmup_cosine_decay.peak_value: the grid sampler needs 'choice' or 'int' distributions, got 'loguniform'"),
 ]
 
 
@@ -145,3 +155,80 @@ def test_every_shipped_sweep_validates_and_dry_runs(name, tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     assert main(["run", path, "--dry-run"]) == 0
     assert "trial 2" in capsys.readouterr().out
+
+
+def test_raw_param_group_keys_stay_allowed(tmp_path):
+    path = tmp_path / "raw.yaml"
+    path.write_text(yaml.safe_dump({**GOOD, "hyperparams": {"lr": 0.1, "betas.1": 0.99,
+                                                            "alpha": 0.9, "momentum_decay": 0.004}}))
+    assert set(load_config(path).hyperparams) == {"lr", "betas.1", "alpha", "momentum_decay"}
+
+
+def test_params_may_hold_any_dict(tmp_path):
+    path = tmp_path / "dicts.yaml"
+    params = {"layers": {"sizes": [8, 16]}, "data": {"name": "digits"}, "mix": {"a": 1, "b": 2}}
+    path.write_text(yaml.safe_dump({**GOOD, "params": params}))
+    assert load_config(path).params == params
+
+
+def _dry_run(tmp_path, monkeypatch, capsys, **changes):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "dry.yaml"
+    path.write_text(yaml.safe_dump({**GOOD, **changes}))
+    code = main(["run", str(path), "--dry-run"])
+    out, err = capsys.readouterr()
+    assert not (tmp_path / "runs").exists()
+    return code, out, err
+
+
+# warmup 0..900 and decay 100..1000: both ends of both ranges are valid, warmup 500 / decay 300 not
+CLASHING = {"kind": "warmup_cosine_decay", "init_value": 0.0, "peak_value": 1e-3,
+            "warmup_steps": {"int": [0, 900]}, "decay_steps": {"int": [100, 1000]}}
+
+
+def test_dry_run_measures_the_share_of_invalid_points(tmp_path, monkeypatch, capsys):
+    code, out, err = _dry_run(tmp_path, monkeypatch, capsys, hyperparams={"learning_rate": CLASHING},
+                              search={"sampler": "tpe", "seed": 3, "n_trials": 3})
+    assert code == 0 and not err
+    line = next(x for x in out.splitlines() if x.startswith("sampled 200 points: "))
+    invalid = int(line.split()[3])
+    assert 0 < invalid < 200
+    assert f"{invalid} ({invalid / 2:.1f}%) give an invalid schedule, e.g. hyperparams.learning_rate: " \
+           "warmup_cosine_decay.decay_steps: expected more than warmup_steps (" in line
+    shown = [x for x in out.splitlines() if x.startswith("trial ") and ": params " in x]
+    skipped = [x for x in out.splitlines() if "invalid schedule, the sweep would fail it: " in x]
+    assert len(shown) == 3
+    assert all(x.split(":", 2)[1].strip() == "invalid schedule, the sweep would fail it"
+               and "hyperparams.learning_rate: warmup_cosine_decay.decay_steps" in x for x in skipped)
+
+
+def test_dry_run_of_a_valid_space_says_so(tmp_path, monkeypatch, capsys):
+    code, out, _ = _dry_run(tmp_path, monkeypatch, capsys)
+    assert code == 0
+    assert "sampled 200 points: every one gives valid schedules" in out
+
+
+def test_dry_run_refuses_a_space_without_a_valid_point(tmp_path, monkeypatch, capsys):
+    # decay_steps log-uniform (mostly small) against warmup_steps uniform (mostly large), three
+    # times over: the corners are valid, about one point in ten thousand is.
+    part = {"kind": "warmup_cosine_decay", "init_value": 0.0, "peak_value": 1e-3,
+            "warmup_steps": {"int": [0, 10**9]}, "decay_steps": {"int": [1, 10**9 + 1], "log": True}}
+    hyperparams = {"learning_rate": {"kind": "join", "boundaries": [10, 20],
+                                     "schedules": [part, part, part]}}
+    code, out, err = _dry_run(tmp_path, monkeypatch, capsys, hyperparams=hyperparams)
+    assert code == 2
+    assert "sampled 200 points: 200 (100.0%) give an invalid schedule, e.g. " \
+           "hyperparams.learning_rate: join.schedules." in out
+    assert err.count("\n") == 1 and err.startswith(
+        "sweep: every sampled point gives an invalid schedule, so the sweep would fail every trial "
+        "(e.g. hyperparams.learning_rate: join.schedules."), err
+
+
+def test_dry_run_prints_config_values_verbatim(tmp_path, monkeypatch, capsys):
+    code, out, _ = _dry_run(tmp_path, monkeypatch, capsys,
+                            params={"nesterov": {"choice": [False, True]}, "sizes": [8, 16]})
+    assert code == 0
+    assert 'params.nesterov: {"choice": [false, true]}' in out
+    assert 'params.sizes: [8, 16]' in out
+    assert all(line.startswith(("trial ", "  ", "cfg", "search space", "sampled"))
+               for line in out.splitlines()), out  # nothing wrapped onto a line of its own

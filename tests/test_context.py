@@ -11,6 +11,7 @@ import pytest
 
 from runner.checkpoint import _store, read_checkpoint, write_checkpoint
 from runner.context import Control, TrialContext, TrialTask, capture_rng, restore_rng
+from tests.trainables import Tally
 
 def _task(root, steps, report_every, checkpoint_every, **store_options) -> TrialTask:
     return TrialTask(number=0, trainable="tests.trainables:quadratic", params={},
@@ -73,6 +74,7 @@ def test_a_background_save_is_announced_only_once_durable(tmp_path, monkeypatch)
 
     ctx = TrialContext(_task(tmp_path, steps=8, report_every=8, checkpoint_every=2,
                              async_save=True), emit, Control())
+    ctx.track(tally=Tally())
     try:
         for step in ctx.steps():
             log.append(("step", step))
@@ -82,10 +84,10 @@ def test_a_background_save_is_announced_only_once_durable(tmp_path, monkeypatch)
         release.set()  # never leave the save thread held
         ctx.close()
     # checkpoint 2 is held until step 3 runs; each later one is announced by the next save at
-    # the latest, and the last (6) by close()
+    # the latest, and the final one (8) by close()
     assert log.index(("step", 3)) < log.index(("checkpoint", 2))
     assert [entry for entry in log if entry[0] == "checkpoint"] == [
-        ("checkpoint", 2), ("checkpoint", 4), ("checkpoint", 6)]
+        ("checkpoint", 2), ("checkpoint", 4), ("checkpoint", 6), ("checkpoint", 8)]
 
 
 def test_retention_ranks_a_checkpoint_after_a_resume_by_the_values_reported_before_it(tmp_path):
@@ -97,6 +99,7 @@ def test_retention_ranks_a_checkpoint_after_a_resume_by_the_values_reported_befo
         ctx = TrialContext(_task(tmp_path, steps=12, report_every=4, checkpoint_every=1,
                                  keep_last=1, keep_best=1, metric="loss", mode="min"),
                            lambda event: None, Control())
+        ctx.track(tally=Tally())
         for step in ctx.steps():
             if ctx.report_due(step):
                 ctx.report(step + 1, loss=losses[step + 1])

@@ -1,8 +1,8 @@
 """Multi-node on one machine (ray.cluster_utils.Cluster): lose a node mid-trial, migrate by hand.
 
 Worker nodes declare one GPU each and trials ask for one, so placement is by GPU even on a CPU-only
-machine (the trainable then runs on the CPU). Runs after the single-node tests: it replaces the
-session's local Ray with a cluster for this module only.
+machine (the trainable then runs on the CPU). The module replaces the session's local Ray with a
+cluster and gives it back afterwards, so test order does not matter.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ def cluster(request):
     import ray
     from ray.cluster_utils import Cluster
 
-    from tests.conftest import REPO
+    from tests.conftest import REPO, start_local_ray
 
-    if ray.is_initialized():
+    had_local = ray.is_initialized()
+    if had_local:
         ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "num_gpus": 0, "include_dashboard": False,
@@ -42,6 +43,8 @@ def cluster(request):
     yield cluster, nodes
     ray.shutdown()
     cluster.shutdown()
+    if had_local:
+        start_local_ray()
 
 
 def _gpu_run(run_dir, on_event=None):
@@ -97,4 +100,4 @@ def test_migrate_moves_a_running_trial_to_the_named_node(cluster, tmp_path):
     assert _outcome(run_dir)[:3] == _outcome(tmp_path / "straight")[:3]
     assert seen["placed"][-1]["node_id"] == seen["target"]
     (entry,) = json.loads(_outcome(run_dir)[3][0]["restart_log"])
-    assert entry["reason"] == "handover" and entry["to_node"] == seen["target"]
+    assert entry["kind"] == "migrate" and entry["to_node"] == seen["target"]

@@ -91,7 +91,7 @@ def test_a_superseded_worker_stops_without_recording_the_trial(tmp_path):
     # The trial belongs to its new worker: not told, and only the checkpoint from before the claim.
     (trial,) = sweep.study.get_trials(deepcopy=False)
     assert trial.state.name == "RUNNING"
-    root = trial.user_attrs["checkpoint_root"]
+    root = os.path.join(config.run_dir(), "checkpoints", "trial-00000")
     assert sorted(os.listdir(root)) == ["ckpt-000000002.arrow", "owner.json"]
 
 
@@ -103,8 +103,9 @@ def test_background_saves_keep_the_newest_and_the_best_checkpoint(tmp_path):
     Sweep(config).run()
     assert _trials(config)[0]["state"] == "COMPLETE"
     root = os.path.join(config.run_dir(), "checkpoints", "trial-00000")
-    # checkpoints at 8, 16, 24, 32 with loss |step - 18| = 10, 2, 6, 14: 16 is the best, 32 the last
-    assert sorted(os.listdir(root)) == ["ckpt-000000016.arrow", "ckpt-000000032.arrow", "owner.json"]
+    # checkpoints at 8, 16, 24, 32 and the final one at 40, with loss |step - 18| = 10, 2, 6, 14,
+    # 22: 16 is the best, 40 the last
+    assert sorted(os.listdir(root)) == ["ckpt-000000016.arrow", "ckpt-000000040.arrow", "owner.json"]
     from runner.checkpoint import read_checkpoint
 
     assert read_checkpoint(os.path.join(root, "ckpt-000000016.arrow")).metadata["metrics"] == {

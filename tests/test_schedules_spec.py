@@ -187,10 +187,13 @@ def test_values_are_never_nan_or_infinite(kind, data):
         scalars = [schedule(step) for step in (0, N_STEPS // 3, N_STEPS - 1)]
     bad = np.flatnonzero(~np.isfinite(values))
     assert bad.size == 0, f"{spec}: step {bad[0]} gives {values[bad[0]]}"
-    # One step alone and a whole range agree to the last bit or two: NumPy's vectorised cos and
-    # power (SIMD) may round differently from the scalar ones.
-    np.testing.assert_array_max_ulp(np.array(scalars, dtype=np.float64),
-                                    values[[0, N_STEPS // 3, N_STEPS - 1]], maxulp=2)
+    # One step alone and a whole range agree to the last bits: NumPy's vectorised cos and power
+    # (SIMD) may round differently from the scalar ones, and a negative alpha (a cancellation)
+    # turns a last-bit difference into a few ulp of the result: compare to the schedule's scale.
+    scale = float(np.max(np.abs(values))) or 1.0
+    np.testing.assert_allclose(np.array(scalars, dtype=np.float64),
+                               values[[0, N_STEPS // 3, N_STEPS - 1]], rtol=1e-13,
+                               atol=1e-14 * scale)
 
 
 @settings(max_examples=25, deadline=None)

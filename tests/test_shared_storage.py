@@ -70,7 +70,8 @@ def test_two_drivers_on_one_postgres_study_finish_exactly_n_trials(database, tmp
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     recorded = [r["number"] for c in configs for r in RunRecords(c.run_dir()).read("trials").to_pylist()]
     assert sorted(recorded) == numbers  # each trial ran once, under one of the two drivers
-    drivers = {t.user_attrs["driver"] for t in study.trials}
+    drivers = {t.system_attrs["driver"] for t in study.trials}
+    assert not any(k.startswith("heartbeat") for k in study.user_attrs)  # out of sight
     assert len(drivers) == 2
 
 

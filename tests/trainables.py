@@ -10,10 +10,25 @@ import numpy as np
 from runner.context import TrialContext
 
 
+class Tally:
+    """The smallest tracked state (``state_dict``/``load_state_dict``): a trial that declares it
+    checkpoints and resumes mid-run; one that declares nothing starts over on resume."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def state_dict(self) -> dict:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = int(state["count"])
+
+
 def quadratic(ctx: TrialContext) -> None:
     """Loss decays towards (log10(peak lr) + 2)^2: trials far from 1e-2 are clearly worse."""
     peak = float(ctx.schedules["learning_rate"].values(0, ctx.steps_total).max())
     target = (math.log10(peak) + 2.0) ** 2
+    ctx.track(tally=Tally())
     for step in ctx.steps():
         if ctx.report_due(step):
             loss = target + 1.0 / (step + 1) + 1e-3 * random.random()
@@ -52,6 +67,7 @@ def claimed_midway(ctx: TrialContext) -> None:
     replacement of a worker written off by the driver would."""
     from runner.checkpoint import CheckpointStore
 
+    ctx.track(tally=Tally())
     for step in ctx.steps():
         if step == ctx.task.checkpoint_every + 1:
             CheckpointStore(ctx.task.checkpoint_root, owner="the replacement")
@@ -63,7 +79,26 @@ def valley(ctx: TrialContext) -> None:
     """Loss is lowest a little before halfway through the budget: the best checkpoint is not the
     newest."""
     middle = 0.45 * ctx.steps_total
+    ctx.track(tally=Tally())
     for step in ctx.steps():
         if ctx.report_due(step):
             ctx.report(step + 1, loss=abs(step + 1 - middle))
 
+
+
+def dies_if_first(ctx: TrialContext) -> None:
+    """Trial 0's process dies (as if OOM-killed) at step 5 of every attempt; others are quadratic."""
+    import os
+    import signal
+
+    if ctx.number != 0:
+        return quadratic(ctx)
+    ctx.track(tally=Tally())
+    for step in ctx.steps():
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def typo(ctx: TrialContext) -> None:
+    """Always fails alike, as a misspelt key does."""
+    raise KeyError("learnin_rate")
