@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS := torch,jax,dev,bench
+EXTRAS := torch,jax,dev,bench,tensorboard,mlflow,dashboard
 
 .PHONY: run test bench install clean
 

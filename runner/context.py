@@ -253,6 +253,8 @@ class TrialContext:
                 raise TrialInterrupted(interrupt)
         if self.tracks_state and self.task.steps > self.start_step:
             self.final_checkpoint = self.checkpoint(self.task.steps)
+        elif self._restored is not None and self.start_step == self.task.steps:
+            self.final_checkpoint = self._restored.uri  # resumed after its final save
 
     def report_due(self, step: int) -> bool:
         """True after the update that closes a report interval (or the last update)."""

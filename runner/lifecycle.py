@@ -187,6 +187,9 @@ class Emit:
     info: dict
 
 
+# A finished trial's records are written before the study is told: a driver killed in between
+# leaves a trial the study still calls RUNNING, which the next driver finishes from its final
+# checkpoint, never a finished trial without its row.
 Action = Union[Launch, AskPruner, AnswerWorker, Interrupt, Tell, SaveAttrs, WriteHistory,
                WriteTrial, ReleaseWorker, KillWorker, ForgetWorker, Emit]
 
@@ -323,14 +326,14 @@ class Lifecycle:
         self.checkpoint = event.checkpoint or self.checkpoint
         self.state = State.COMPLETE
         values = [self.values[m] for m in self.rules.objectives]
-        return [Tell(State.COMPLETE, values), WriteHistory(), WriteTrial(), ReleaseWorker(),
+        return [WriteHistory(), WriteTrial(), Tell(State.COMPLETE, values), ReleaseWorker(),
                 self._finished_event()]
 
     def _on_Pruned(self, event: Pruned, now: float) -> list[Action]:
         if self.state not in ON_WORKER:
             return []
         self.state = State.PRUNED
-        return [Tell(State.PRUNED), WriteHistory(), WriteTrial(), ReleaseWorker(),
+        return [WriteHistory(), WriteTrial(), Tell(State.PRUNED), ReleaseWorker(),
                 self._finished_event()]
 
     def _on_Raised(self, event: Raised, now: float) -> list[Action]:
@@ -390,7 +393,7 @@ class Lifecycle:
 
     def _fail(self, error: str, traceback: str, worker: list[Action]) -> list[Action]:
         self.state, self.error, self.traceback = State.FAILED, error, traceback
-        return [Tell(State.FAILED), WriteHistory(), WriteTrial(), *worker, self._finished_event()]
+        return [WriteHistory(), WriteTrial(), Tell(State.FAILED), *worker, self._finished_event()]
 
     def _finished_event(self) -> Emit:
         return Emit("finished", {"state": self.state.name, "values": self.values or {},

@@ -37,6 +37,7 @@ class RunDir:
         self.uri = os.fspath(uri)
         # a local run dir is fixed against the working directory of now, not of a later use
         self._local = None if "://" in self.uri else os.path.abspath(self.uri)
+        self._made: set[str] = set()  # directories this instance has created
 
     @functools.cached_property
     def _resolved(self) -> tuple[pafs.FileSystem, str]:
@@ -119,8 +120,9 @@ class RunDir:
                 current = relative
                 target = self.path(relative)
                 directory, name = posixpath.split(target)
-                if self.fs.type_name not in _OBJECT_STORES:
+                if self.fs.type_name not in _OBJECT_STORES and directory not in self._made:
                     self.fs.create_dir(directory, recursive=True)
+                    self._made.add(directory)  # one mkdir per directory, not per write
                 temps[relative] = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
                 with self.fs.open_output_stream(temps[relative]) as sink:
                     sink.write(data)

@@ -114,3 +114,22 @@ def test_retention_ranks_a_checkpoint_after_a_resume_by_the_values_reported_befo
     # the last is 8, the best the newest with loss 1.0: 7 (5 if 6 and 7 carried no loss)
     assert sorted(os.listdir(tmp_path)) == ["ckpt-000000007.arrow", "ckpt-000000008.arrow",
                                             "owner.json"]
+
+
+def test_a_trial_resumed_after_its_final_save_finishes_with_that_checkpoint_and_values(tmp_path):
+    """A driver killed after writing a finished trial's row but before telling the study: the
+    next driver runs it again, and it finishes at once from its final checkpoint."""
+    def run() -> TrialContext:
+        ctx = TrialContext(_task(tmp_path, steps=8, report_every=4, checkpoint_every=4),
+                           lambda event: None, Control())
+        ctx.track(tally=Tally())
+        for step in ctx.steps():
+            if ctx.report_due(step):
+                ctx.report(step + 1, loss=float(step))
+        ctx.close()
+        return ctx
+
+    first = run()
+    again = run()
+    assert again.start_step == 8 and again.final_checkpoint == first.final_checkpoint
+    assert again.final_values() == first.final_values() == {"loss": 7.0}

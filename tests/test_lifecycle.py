@@ -38,8 +38,9 @@ def test_a_trial_runs_reports_checkpoints_and_completes():
     assert _kinds(life.handle(_report(10, awaits=True)))[:1] == ["AnswerWorker"]
     assert _kinds(life.handle(lc.CheckpointDurable(20, "x/ckpt-20"))) == ["WriteHistory"]
     actions = life.handle(lc.Done({"loss": 0.5}, "x/ckpt-40"))
-    assert actions[0] == lc.Tell(State.COMPLETE, [0.5])
-    assert _kinds(actions) == ["Tell", "WriteHistory", "WriteTrial", "ReleaseWorker", "Emit"]
+    assert actions[2] == lc.Tell(State.COMPLETE, [0.5])
+    # the records first: a driver killed before it tells the study leaves a trial to finish again
+    assert _kinds(actions) == ["WriteHistory", "WriteTrial", "Tell", "ReleaseWorker", "Emit"]
     assert life.state == State.COMPLETE and life.checkpoint == "x/ckpt-40"
 
 
@@ -52,7 +53,7 @@ def test_done_without_the_objective_fails():
 
 def test_pruned_is_told_as_pruned():
     life = _running()
-    assert life.handle(lc.Pruned("pruned at step 10"))[0] == lc.Tell(State.PRUNED)
+    assert lc.Tell(State.PRUNED) in life.handle(lc.Pruned("pruned at step 10"))
     assert life.state == State.PRUNED
 
 
@@ -191,7 +192,7 @@ def test_an_invalid_sampled_schedule_fails_the_trial_alone():
     """Defect 4: a point whose schedule is invalid left the trial RUNNING with a traceback."""
     life = lc.Lifecycle(3, RULES)
     actions = life.handle(lc.Rejected("invalid schedule: hyperparams.learning_rate: ..."))
-    assert life.state == State.FAILED and actions[0] == lc.Tell(State.FAILED)
+    assert life.state == State.FAILED and lc.Tell(State.FAILED) in actions
     assert not any(isinstance(a, (lc.ReleaseWorker, lc.Launch)) for a in actions)
 
 
