@@ -57,11 +57,28 @@ def _parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="PNG plots: history, curves, best schedules")
     plot.add_argument("run_dir")
     plot.add_argument("--out", help="output directory (default: RUN_DIR/plots)")
+    fork = commands.add_parser("fork", help="a new trial continuing TRIAL from its checkpoint "
+                                            "at STEP, with schedules that agree before STEP")
+    fork.add_argument("run_dir")
+    fork.add_argument("trial", type=int)
+    fork.add_argument("--at", type=int, required=True, help="the checkpoint step to fork from")
+    fork.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="hyperparams.NAME.FIELD=VALUE for the child's schedule (repeatable)")
+    fork.add_argument("--run", action="store_true", help="on a stopped sweep: run it now")
+    fork.add_argument("--address", help="Ray cluster for --run (default: local)")
+    dashboard = commands.add_parser("dashboard", help="optuna-dashboard on the run's study")
+    dashboard.add_argument("run_dir")
+    dashboard.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if os.getcwd() not in sys.path:  # a trainable beside the config imports, as with python -m
+        sys.path.insert(0, os.getcwd())
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     console = Console(width=None if sys.stdout.isatty() else 160)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", module="optuna")
@@ -86,50 +103,28 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         config = config.model_copy(update={"max_concurrent": args.max_concurrent})
     if args.dry_run:
         return _dry_run(config, console)
-    return _execute(config, args.address, console, config_text=_read_text(args.config))
+    return _execute(config, args.address, console, config_text=_read_text(args.config),
+                    source=args.config)
 
 
 def _execute(config: SweepConfig, address: Optional[str], console: Console,
-             config_text: Optional[str] = None, unpause: Optional[set[int]] = frozenset()) -> int:
+             config_text: Optional[str] = None, unpause: Optional[set[int]] = frozenset(),
+             source: str = "<config>") -> int:
     """Run (or continue) a sweep on Ray; print the table, write best.json and the plots.
 
     ``unpause``: paused trials to resume (None: all), applied once this process drives the run.
+    The work is runner.api.execute, the code path the Python API shares.
     """
-    from runner.driver import Sweep
-    from runner.plots import plot_run
-    from runner.progress import Progress
-    from runner.ray_init import ray_session
-    from runner.report import print_summary, write_best
+    from runner.api import execute
     from runner.study import ResumeError
 
     _check_unchanged(config)
-    objective = config.objectives[0]
-    run_dir = config.run_dir()
-    on_claimed = (lambda: _save_config(config, config_text)) if config_text is not None else None
     try:
-        with ray_session(address):
-            with Progress(config.search.n_trials, objective.metric, objective.direction) as progress:
-                sweep = Sweep(config, on_event=progress, unpause=unpause, on_claimed=on_claimed,
-                              exit_at_once=True)
-                summary = sweep.run()
+        return execute(config, address, console, config_text=config_text, unpause=unpause,
+                       source=source).code
     except ResumeError as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print_summary(console, run_dir)
-    if sweep.abort_reason:
-        print(f"sweep: stopped early: the first trials all failed with: {sweep.abort_reason} "
-              f"(fix it, then: sweep resume {run_dir})", file=sys.stderr)
-        return EXIT_RUNTIME
-    if sweep.stop_requested:
-        console.print(f"stopped; continue with: sweep resume {run_dir}", highlight=False)
-        return EXIT_OK
-    write_best(run_dir, summary.best)
-    plot_run(run_dir, os.path.join(run_dir, "plots"))
-    if summary.paused:
-        console.print(f"paused trials {', '.join(map(str, summary.paused))}; continue with: "
-                      f"sweep resume {run_dir}", highlight=False)
-    console.print(f"run dir: {run_dir}", highlight=False)
-    return EXIT_OK if summary.counts.get("COMPLETE") or summary.paused else EXIT_RUNTIME
 
 
 def _check_unchanged(config: SweepConfig) -> None:
@@ -219,12 +214,6 @@ def _check_steerable(run: "RunDir", number: int, action: str) -> None:
                          f"nothing to {action}")
 
 
-def _save_config(config: SweepConfig, text: str) -> None:
-    from runner.rundir import RunDir
-
-    RunDir(config.run_dir()).write_text("config.yaml", text)
-
-
 def _dry_run(config: SweepConfig, console: Console) -> int:
     """Print the space, the configured sampler's first trials and the share of invalid points.
 
@@ -237,7 +226,7 @@ def _dry_run(config: SweepConfig, console: Console) -> int:
 
     import schedules
     from runner.space import invalid_points, realize
-    from runner.study import pruner, sampler
+    from runner.study import pruner, reseed, sampler
 
     def say(text: str) -> None:  # config values verbatim: rich markup would eat "[false, true]"
         console.print(text, markup=False, highlight=False, soft_wrap=True)
@@ -253,12 +242,14 @@ def _dry_run(config: SweepConfig, console: Console) -> int:
     study = optuna.create_study(sampler=sampler(config), pruner=pruner(config),
                                 directions=[o.direction for o in config.objectives])
     shown = 0
-    for _ in range(10):  # the first 3 valid trials, naming the invalid ones skipped
+    for number in range(10):  # the first 3 valid trials, naming the invalid ones skipped
+        reseed(study.sampler, config.search.seed, number)  # as the sweep will: the same points
         trial = study.ask()
         try:
             params, specs = realize(config.hyperparams, config.params, trial)
         except schedules.ScheduleError as exc:
             say(f"trial {trial.number}: invalid schedule, the sweep would fail it: {exc}")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
             continue
         say(f"trial {trial.number}: params {json.dumps(params)}")
         for name, spec in specs.items():
@@ -325,13 +316,68 @@ def _plot(args: argparse.Namespace, console: Console) -> int:
     from runner.plots import plot_run
 
     run = _run_dir(args.run_dir)
-    for path in plot_run(run.uri, args.out or run.uri_of("plots")):
+    plots = plot_run(run.uri, args.out or run.uri_of("plots"))
+    for path in plots.paths:
         console.print(path, highlight=False)
+    for note in plots.notes:
+        console.print(f"plots: {note}", highlight=False)
     return EXIT_OK
 
 
+def _dashboard(args: argparse.Namespace, console: Console) -> int:
+    """optuna-dashboard on the run's study, bound to 127.0.0.1 (it has no authentication)."""
+    from runner.report import run_config
+    from runner.study import storage
+
+    try:
+        import optuna_dashboard
+    except ModuleNotFoundError:
+        raise UsageError("sweep dashboard needs optuna-dashboard: "
+                         "pip install 'sweep-runner[dashboard]'") from None
+    run = _run_dir(args.run_dir)
+    config = run_config(run)
+    if config is None:
+        raise UsageError(f"{run.uri}: not a run dir (no config.yaml)")
+    if not config.study_storage and not run.exists("study.journal"):
+        raise UsageError(f"{run.uri}: no study yet (no study.journal)")
+    console.print(f"optuna-dashboard for study {config.name}: http://127.0.0.1:{args.port}/ "
+                  f"(Ctrl-C to stop)", highlight=False)
+    optuna_dashboard.run_server(storage(config), host="127.0.0.1", port=args.port)
+    return EXIT_OK
+
+
+def _fork(args: argparse.Namespace, console: Console) -> int:
+    """Check the fork here (one line if it cannot continue its parent exactly), then hand it to
+    the live driver, or leave it for the stopped sweep's next run."""
+    from runner.control import ControlChannel
+    from runner.lineage import ForkError, plan_fork
+    from runner.report import find_trial
+
+    run = _run_dir(args.run_dir)
+    info = find_trial(run, args.trial)
+    if info is None or info.schedules is None:
+        raise UsageError(f"{run.uri}: no trial {args.trial}")
+    try:
+        specs = plan_fork(run, args.trial, info.schedules, args.at, args.set)
+    except ForkError as exc:
+        raise UsageError(f"{run.uri}: {exc}") from None
+    channel = ControlChannel(run)
+    channel.request("fork", args.trial, at=args.at, specs=specs)
+    if channel.driver_alive():
+        console.print(f"trial {args.trial}: fork at step {args.at} requested from the running "
+                      f"sweep", highlight=False)
+        return EXIT_OK
+    console.print(f"trial {args.trial}: fork at step {args.at} runs when the sweep does "
+                  f"(sweep resume {run.uri})", highlight=False)
+    if not args.run:
+        return EXIT_OK
+    return _resume(argparse.Namespace(run_dir=args.run_dir, trial=None, address=args.address),
+                   console)
+
+
 COMMANDS = {"run": _run, "status": _status, "show": _show, "export": _export, "plot": _plot,
-            "pause": _pause, "resume": _resume, "migrate": _migrate}
+            "pause": _pause, "resume": _resume, "migrate": _migrate, "fork": _fork,
+            "dashboard": _dashboard}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -97,6 +97,32 @@ class Resources(_Strict):
         return gpu
 
 
+BUILTIN_LOGGERS = {"tensorboard": ("dir",), "mlflow": ("tracking_uri", "experiment")}
+
+
+class LoggerConfig(_Strict):
+    """One logger fed by the driver's events: a built-in name or a user class by import path."""
+
+    kind: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, kind: str) -> str:
+        if kind not in BUILTIN_LOGGERS and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", kind):
+            raise ValueError(f"expected {', '.join(BUILTIN_LOGGERS)} or 'package.module:Class'")
+        return kind
+
+    @model_validator(mode="after")
+    def _options(self):
+        known = BUILTIN_LOGGERS.get(self.kind)
+        unknown = sorted(set(self.options) - set(known)) if known is not None else []
+        if unknown:
+            raise ValueError(f"options.{unknown[0]}: unknown option of the {self.kind} logger "
+                             f"(known: {', '.join(known)})")
+        return self
+
+
 class SweepConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     trainable: str
@@ -115,6 +141,15 @@ class SweepConfig(_Strict):
     retries: int = Field(default=0, ge=0)
     max_restarts: int = Field(default=3, ge=0)
     seed: int = 0
+    loggers: list[LoggerConfig] = Field(default_factory=list)
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        """``- tensorboard`` is short for ``- {kind: tensorboard}``."""
+        if isinstance(value, list):
+            return [{"kind": v} if isinstance(v, str) else v for v in value]
+        return value
 
     @field_validator("trainable")
     @classmethod
@@ -184,14 +219,19 @@ class SweepConfig(_Strict):
         return self.storage or os.path.join("runs", self.name)
 
 
-def _format(error: dict[str, Any]) -> str:
+def _format(error: dict[str, Any], errors: list = ()) -> str:
     loc = ".".join(str(p) for p in error["loc"]  # drop pydantic's union-member labels
                    if not re.match(r"^(function-|list\[|literal\[|[A-Z]\w*$)", str(p)))
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         return f"{loc}: missing required key"
     if error["type"] == "extra_forbidden":
-        return f"{loc}: unknown key"
+        import difflib
+
+        missing = [str(e["loc"][-1]) for e in errors if e["type"] == "missing"
+                   and e["loc"][:-1] == error["loc"][:-1]]
+        close = difflib.get_close_matches(str(error["loc"][-1]), missing, n=1, cutoff=0.6)
+        return f"{loc}: unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
     if error["type"] == "value_error" and re.match(r"^[\w.]+: ", message):
         return f"{loc}.{message}" if loc else message  # a cross-field check names its own key
     got = error.get("input")
@@ -224,8 +264,9 @@ def parse_config(data: Any, source: str = "<config>") -> SweepConfig:
     try:
         config = SweepConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"{source}: {_format(first)}") from None
+        errors = exc.errors()
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        raise ConfigError(f"{source}: {_format(first, errors)}") from None
     for key in config.hyperparams:
         problem = _hyperparam_name_problem(key)
         if problem:
@@ -269,7 +310,7 @@ def load_config(path: str | os.PathLike, *, check_trainable: bool = True) -> Swe
 # What may change between runs of one run dir: how much more to run and on what, not what the
 # study searches or how a trial is scored (that would mix two sweeps in one study).
 EXTENDABLE = ("search.n_trials", "search.timeout", "max_concurrent", "resources", "retries",
-              "max_restarts", "storage_shared")
+              "max_restarts", "storage_shared", "loggers")
 
 
 def config_changes(saved: SweepConfig, new: SweepConfig) -> list[str]:

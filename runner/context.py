@@ -171,13 +171,23 @@ class TrialContext:
         return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
 
     def _check_specs(self, metadata: Mapping[str, Any]) -> None:
-        saved = metadata.get("schedule_specs")
-        if saved is not None and saved != self.task.schedule_specs:
-            changed = sorted(k for k in set(saved) | set(self.task.schedule_specs)
-                             if saved.get(k) != self.task.schedule_specs.get(k))
-            raise schedules.ScheduleError(
-                f"trial {self.number}: the checkpoint's schedule for {', '.join(changed)} differs "
-                f"from the one this resume would run; refusing to resume with a changed schedule")
+        """Refuse to continue a checkpoint with schedules that differ from its own on a step
+        before it (computed value for value: a schedule that agrees until then may continue)."""
+        saved, ours = metadata.get("schedule_specs"), self.task.schedule_specs
+        if saved is None or saved == ours:
+            return
+        step = int(metadata["step"])
+        for name in sorted(set(saved) | set(ours)):
+            if name not in saved or name not in ours:
+                raise schedules.ScheduleError(
+                    f"trial {self.number}: the checkpoint of step {step} has a schedule for "
+                    f"{name} on one side only; refusing to resume with a changed schedule")
+            differs = schedules.first_difference(saved[name], ours[name], step)
+            if differs is not None:
+                raise schedules.ScheduleError(
+                    f"trial {self.number}: the schedule of {name} differs from the checkpoint's "
+                    f"at step {differs}, before its step {step}; refusing to resume with a "
+                    f"changed past")
 
     # --- state declaration -------------------------------------------------------------------
 
@@ -231,8 +241,8 @@ class TrialContext:
                       f"ctx.track_pytree), so it starts over from step 0 instead of resuming")
             self._restored, self.start_step, self.extras = None, 0, {}
             self._last_values = {}
-        elif self._restored is not None:
-            replay = list(self._restored.metadata.get("reports") or [])
+        elif self._restored is not None and self._restored.metadata.get("trial") == self.number:
+            replay = list(self._restored.metadata.get("reports") or [])  # a fork's are its parent's
         self._emit({"type": "started", "step": self.start_step, "replay": replay,
                     "notice": notice})
 

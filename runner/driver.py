@@ -64,6 +64,7 @@ class Handle:
     worker: Optional[Worker] = None
     stream: Any = None
     placement: Optional[dict] = None
+    lineage: Optional[dict] = None  # a fork's parent: trial, step, checkpoint, digest, seed_trial
 
 
 @dataclass
@@ -89,7 +90,7 @@ class Sweep:
         self.max_concurrent = max_concurrent or config.max_concurrent
         self.capacity = self.max_concurrent
         self.on_event = on_event or (lambda kind, info: None)
-        self.study = study_lib.open_study(config)
+        self.study: optuna.Study  # opened by run(), once nothing refuses the run
         self.new_worker = study_lib.worker_factory(config)
         self.deadline = (time.monotonic() + config.search.timeout) if config.search.timeout else None
         self.objectives = [o.metric for o in config.objectives]
@@ -117,26 +118,31 @@ class Sweep:
 
     # --- the study side ----------------------------------------------------------------------
 
-    def _task(self, trial: optuna.Trial, params: dict, specs: dict) -> TrialTask:
+    def _task(self, trial: optuna.Trial, params: dict, specs: dict,
+              lineage: Optional[dict] = None) -> TrialTask:
+        """What a worker needs; a fork keeps its root ancestor's seed (the same data order) and
+        names its parent's checkpoint in every checkpoint it writes."""
         budget = self.config.budget
+        lineage = lineage or {}
         return TrialTask(
             number=trial.number, trainable=self.config.trainable, params=params,
             schedule_specs=specs, steps=budget.steps, report_every=budget.report_every,
             checkpoint_every=budget.checkpoint_every,
-            seed=derive_seed(self.config.seed, trial.number),
+            seed=derive_seed(self.config.seed, lineage.get("seed_trial", trial.number)),
             # nothing in the study names a path: a copied or moved run dir uses its own files
             checkpoint_root=self.root.uri_of(RunDir.checkpoint_dir(trial.number)),
             objective_metrics=self.objectives, wait_for_pruning=self.rules.pruning,
-            metadata={"sweep": self.config.name}, store_options=self.config.store_options())
+            metadata={"sweep": self.config.name, **({"parent": lineage} if lineage else {})},
+            store_options=self.config.store_options())
 
     def _start_new(self) -> None:
         """Ask the study for a trial and queue it; a point whose schedule is invalid fails alone."""
         with study_lib.ask_lock(self.study, self.run_dir):
-            count = len(self.study.get_trials(deepcopy=False))
-            if count >= self.config.search.n_trials:
-                self.exhausted = True
+            trials = self.study.get_trials(deepcopy=False)
+            if sum("parent" not in t.user_attrs for t in trials) >= self.config.search.n_trials:
+                self.exhausted = True  # forks come on top of n_trials: they were not sampled
                 return
-            study_lib.reseed(self.study.sampler, self.config.search.seed, count)
+            study_lib.reseed(self.study.sampler, self.config.search.seed, len(trials))
             trial = self.study.ask()
         study_lib.set_trial_system_attr(trial, "driver", self.driver_id)
         life = lc.Lifecycle(trial.number, self.rules)
@@ -188,7 +194,7 @@ class Sweep:
         life.told_steps = set(frozen.intermediate_values)
         life.counts.update(frozen.user_attrs.get("counts", {}))
         life.restart_log = list(frozen.user_attrs.get("restart_log", []))
-        life.checkpoint_step = int(frozen.user_attrs.get("checkpoint_step", 0))
+        life.checkpoint_step = self._latest_checkpoint(frozen.number)
         life.node_id = frozen.user_attrs.get("node_id", "")
         stopped = study_lib.heartbeats(self.study).get(owner, {}).get("stopped")
         life.resumed_by_new_driver("sweep resumed" if stopped else "driver lost", time.time())
@@ -196,9 +202,17 @@ class Sweep:
             life.state = lc.State.PAUSED
         self.trials[frozen.number] = life
         started = frozen.datetime_start.timestamp() if frozen.datetime_start else time.time()
-        self.handles[frozen.number] = Handle(trial, self._task(trial, params, specs), started)
+        lineage = frozen.user_attrs.get("parent")
+        self.handles[frozen.number] = Handle(trial, self._task(trial, params, specs, lineage),
+                                             started, lineage=lineage)
         self._save_attrs(life)
         self.on_event("adopted", {"number": frozen.number, "paused": frozen.number in paused})
+
+    def _latest_checkpoint(self, number: int) -> int:
+        """The step of a trial's newest checkpoint file (0 if none): what it resumes from, unless
+        that file turns out unreadable."""
+        files = self.root.list(RunDir.checkpoint_dir(number), ".arrow")
+        return max((int(f.rsplit("ckpt-", 1)[1].split(".")[0]) for f in files), default=0)
 
     # --- carrying out a lifecycle's actions ----------------------------------------------------
 
@@ -285,6 +299,8 @@ class Sweep:
             "error": life.error or None, "lost": life.counts["lost"],
             "retries": life.counts["retries"], "interruptions": life.counts["interruptions"],
             "checkpoint": checkpoint or None,
+            "parent": (handle.lineage or {}).get("trial"),
+            "parent_step": (handle.lineage or {}).get("step"),
         }
         self.records.write("trials", life.number, [row])
 
@@ -381,6 +397,9 @@ class Sweep:
 
     def _take_request(self, request: dict) -> None:
         number, action = int(request["trial"]), request["action"]
+        if action == "fork":
+            self._fork(number, int(request["at"]), request["specs"])
+            return
         life = self.trials.get(number)
         if life is None:
             self.on_event("notice", {"message": f"trial {number}: not run by this sweep; "
@@ -395,6 +414,37 @@ class Sweep:
         self._apply(life, lc.Control(action, placement))
         self._save_paused()
 
+    def _fork(self, parent: int, step: int, specs: dict) -> None:
+        """A new trial (beyond n_trials) that continues trial ``parent`` from its checkpoint at
+        ``step`` with ``specs`` (checked by ``sweep fork`` to agree with the parent's before it).
+
+        The checkpoint is copied into the child's own directory first: the parent's retention
+        can then never take away what the child starts from."""
+        source = f"{RunDir.checkpoint_dir(parent)}/ckpt-{step:09d}.arrow"
+        frozen = next((t for t in self.study.get_trials(deepcopy=False) if t.number == parent), None)
+        if frozen is None or not self.root.exists(source):
+            self.on_event("notice", {"message": f"trial {parent}: no checkpoint at step {step} "
+                                                f"any more; fork ignored"})
+            return
+        with study_lib.ask_lock(self.study, self.run_dir):
+            trial = self.study.ask()
+        study_lib.set_trial_system_attr(trial, "driver", self.driver_id)
+        parent_lineage = frozen.user_attrs.get("parent") or {}
+        lineage = {"trial": parent, "step": step, "checkpoint": source,
+                   "digest": self.root.checkpoint_digest(source),
+                   "seed_trial": parent_lineage.get("seed_trial", parent)}
+        params = frozen.user_attrs["params"]
+        target = f"{RunDir.checkpoint_dir(trial.number)}/ckpt-{step:09d}.arrow"
+        self.root.copy(source, target)
+        trial.set_user_attr("params", params)
+        trial.set_user_attr("schedule_specs", specs)
+        trial.set_user_attr("parent", lineage)
+        self.trials[trial.number] = lc.Lifecycle(trial.number, self.rules)
+        self.handles[trial.number] = Handle(trial, self._task(trial, params, specs, lineage),
+                                            time.time(), lineage=lineage)
+        self._write_live()
+        self.on_event("forked", {"number": trial.number, "parent": parent, "step": step})
+
     def _migration_target(self, life: lc.Lifecycle, to: Optional[str]) -> tuple[Optional[dict], str]:
         try:
             if to:
@@ -406,7 +456,9 @@ class Sweep:
             return None, f"{exc}; it goes on where it is"
         other = study_lib.other_node(life.node_id, self.config.resources)
         if other is None:
-            return None, "no other node can take it; it goes on where it is"
+            stays = ("it goes on where it is" if life.state in lc.ON_WORKER
+                     else f"it stays {life.state.value}")
+            return None, f"no other node can take it; {stays}"
         return other, ""
 
     def _save_paused(self) -> None:
@@ -461,6 +513,7 @@ class Sweep:
         fits, notice = study_lib.capacity(self.config.resources, self.max_concurrent, self._local)
         if fits == 0 and self._local:
             raise study_lib.ResumeError(notice)
+        self.study = study_lib.open_study(self.config)
         self.control.claim_driver(self.driver_id)
         if self.on_claimed is not None:
             self.on_claimed()

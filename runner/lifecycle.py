@@ -278,6 +278,9 @@ class Lifecycle:
             if report["step"] <= event.step and report["step"] not in self.reports:
                 self.reports[report["step"]] = dict(report)
                 actions += self._tell_intermediate(report["step"], report["metrics"], False)
+                actions.append(Emit("report", {"step": report["step"],  # loggers see it too
+                                               "metrics": dict(report["metrics"]),
+                                               "hyperparams": dict(report["hyperparams"])}))
         if self.restart_log and self.restart_log[-1].get("resumed_at") is None:
             self.restart_log[-1]["resumed_at"] = event.step
             actions.append(SaveAttrs())
@@ -436,9 +439,13 @@ class Lifecycle:
     def _halt(self, target: State, reason: str) -> list[Action]:
         """Pause or stop: at once when no worker runs the trial, else at its next checkpoint."""
         emit = [Emit(reason, {"step": self.checkpoint_step})] if target == State.PAUSED else []
-        if self.state in WANTS_WORKER or self.state in (State.PAUSED, State.STOPPED):
-            if self.state != State.PAUSED:  # a paused trial stays paused when the sweep stops
-                self.state = target
+        if self.state == State.PAUSED or (self.state == State.HANDING_OVER
+                                          and self._after_interrupt == State.PAUSED):
+            if target == State.PAUSED:
+                return [Emit("notice", {"message": f"trial {self.number} is already paused"})]
+            return []
+        if self.state in WANTS_WORKER or self.state == State.STOPPED:
+            self.state = target
             return emit
         if self.state == State.RUNNING and not self.placed:
             self.state = target  # its actor never started: nothing to checkpoint

@@ -1,18 +1,40 @@
-"""PNG plots of a run dir: optimization history, intermediate curves, the best trials' schedules."""
+"""PNG plots of a run dir: optimization history, intermediate curves, the best trials' schedules,
+parameter importances.
+
+Each PNG carries a ``sweep.plot`` text chunk: its axes (title, labels, scales) and series (label,
+points), read back from the figure itself, so a test or a script can check what a plot shows.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import yaml  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 import schedules  # noqa: E402
 from runner.records import RunRecords, filesystem  # noqa: E402
+
+SIZE, DPI = (8.0, 4.5), 120
+DECADES_FOR_LOG = 2  # values spanning this many powers of ten get a log axis
+COLORS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red"}
+
+
+@dataclass
+class PlotSet:
+    """The PNGs written, and one line for each plot left out (and why)."""
+
+    paths: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _config(run_dir: str) -> dict:
@@ -21,63 +43,193 @@ def _config(run_dir: str) -> dict:
         return yaml.safe_load(f.read())
 
 
-def plot_run(run_dir: str, out: str, best: int = 3) -> list[str]:
-    """Write history.png, curves.png and schedules.png into ``out``; return their paths."""
+def plot_run(run_dir: str, out: str, best: int = 3) -> PlotSet:
+    """Write history.png, curves.png, schedules.png and importances.png into ``out``.
+
+    A run with no completed trial gets no PNGs, only a note: empty axes would read as a bug.
+    """
     config = _config(run_dir)
     objective = config["objective"][0] if isinstance(config["objective"], list) else config["objective"]
     metric, direction = objective["metric"], objective.get("direction", "minimize")
     records = RunRecords(run_dir)
     trials = sorted(records.read("trials").to_pylist(), key=lambda r: r["number"])
-    history = records.read("history").to_pylist()
+    history = [h for h in records.read("history").to_pylist() if h["metric"] == metric]
+    done = [t for t in trials if t["state"] == "COMPLETE" and _finite(t["value"])]
+    result = PlotSet()
+    if not done:
+        result.notes.append(f"no completed trial with a finite {metric} yet: no plots")
+        return result
     os.makedirs(out, exist_ok=True)
-    paths = [os.path.join(out, name) for name in ("history.png", "curves.png", "schedules.png")]
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    done = [t for t in trials if t["state"] == "COMPLETE"]
-    ax.scatter([t["number"] for t in done], [t["value"] for t in done], s=14, label="trial")
-    running_best, bests = None, []
-    for t in done:
-        better = running_best is None or (t["value"] < running_best if direction == "minimize"
-                                          else t["value"] > running_best)
-        running_best = t["value"] if better else running_best
-        bests.append(running_best)
-    ax.step([t["number"] for t in done], bests, where="post", color="tab:red", label="best so far")
-    ax.set(xlabel="trial", ylabel=metric, title="optimization history")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(paths[0], dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    states = {t["number"]: t["state"] for t in trials}
-    colors = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red"}
-    for number in sorted({h["trial"] for h in history}):
-        points = sorted((h["step"], h["value"]) for h in history
-                        if h["trial"] == number and h["metric"] == metric)
-        if points:
-            ax.plot(*zip(*points), color=colors.get(states.get(number), "tab:gray"), alpha=0.6,
-                    lw=1)
-    ax.set(xlabel="step", ylabel=metric, title="intermediate values (blue complete, orange pruned)")
-    fig.tight_layout()
-    fig.savefig(paths[1], dpi=110)
-    plt.close(fig)
-
     top = sorted(done, key=lambda t: t["value"], reverse=direction == "maximize")[:best]
+    figures = {
+        "history.png": history_figure(trials, history, metric, direction),
+        "curves.png": curves_figure(trials, history, metric, [t["number"] for t in top]),
+        "schedules.png": schedules_figure(top, int(config["budget"]["steps"])),
+    }
+    importances = importances_figure(run_dir, metric)
+    if isinstance(importances, str):
+        result.notes.append(importances)
+    else:
+        figures["importances.png"] = importances
+    for name, fig in figures.items():
+        result.paths.append(save(fig, os.path.join(out, name)))
+    return result
+
+
+def _finite(value: Optional[float]) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _log_axis(ax: plt.Axes, values: list[float]) -> None:
+    """A log axis when the (positive) values span decades: one diverged trial then cannot
+    flatten every other curve into a line."""
+    shown = [v for v in values if _finite(v)]
+    if shown and min(shown) > 0 and math.log10(max(shown) / min(shown)) >= DECADES_FOR_LOG:
+        ax.set_yscale("log")
+
+
+def _left_out(values: list[float]) -> str:
+    dropped = sum(1 for v in values if not _finite(v))
+    return f" ({dropped} non-finite not shown)" if dropped else ""
+
+
+def history_figure(trials: list[dict], history: list[dict], metric: str,
+                   direction: str) -> Figure:
+    """Completed trials' values, pruned trials' last values, and the best so far."""
+    fig, ax = plt.subplots(figsize=SIZE)
+    done = [t for t in trials if t["state"] == "COMPLETE"]
+    last = {}
+    for h in sorted(history, key=lambda h: h["step"]):
+        last[h["trial"]] = h["value"]
+    pruned = [(t["number"], last[t["number"]]) for t in trials
+              if t["state"] == "PRUNED" and t["number"] in last]
+    values = [t["value"] for t in done] + [v for _, v in pruned]
+    shown = [t for t in done if _finite(t["value"])]
+    ax.scatter([t["number"] for t in shown], [t["value"] for t in shown], s=18,
+               color=COLORS["COMPLETE"], label="complete", zorder=3)
+    if pruned:
+        kept = [(n, v) for n, v in pruned if _finite(v)]
+        ax.scatter([n for n, _ in kept], [v for _, v in kept], s=22, marker="x",
+                   color=COLORS["PRUNED"], label="pruned (last value)", zorder=3)
+    sign = 1 if direction == "minimize" else -1
+    running, bests = math.inf, []
+    for t in shown:
+        running = min(running, sign * t["value"])
+        bests.append(sign * running)
+    ax.step([t["number"] for t in shown], bests, where="post", color="tab:red",
+            label="best so far")
+    _log_axis(ax, values)
+    ax.set(xlabel="trial", ylabel=metric, title=f"optimization history{_left_out(values)}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def curves_figure(trials: list[dict], history: list[dict], metric: str,
+                  best: list[int]) -> Figure:
+    """Every trial's curve, labelled by trial number at its end; the best few in colour."""
+    fig, ax = plt.subplots(figsize=SIZE)
+    states = {t["number"]: t["state"] for t in trials}
+    curves: dict[int, list[tuple[int, float]]] = {}
+    for h in history:
+        curves.setdefault(h["trial"], []).append((h["step"], h["value"]))
+    palette = plt.get_cmap("tab10")
+    for number, points in sorted(curves.items()):
+        points = sorted(p for p in points if _finite(p[1]))
+        if not points:
+            continue
+        steps, values = zip(*points)
+        if number in best:
+            rank = best.index(number)
+            ax.plot(steps, values, color=palette(rank), lw=2.2, zorder=3,
+                    label=f"trial {number} (#{rank + 1})")
+        else:
+            style = "--" if states.get(number) == "PRUNED" else "-"
+            ax.plot(steps, values, color="0.6", lw=0.9, ls=style, alpha=0.8,
+                    label=f"trial {number}")
+        ax.annotate(str(number), (steps[-1], values[-1]), fontsize=7, color="0.3",
+                    xytext=(2, 0), textcoords="offset points")
+    values = [h["value"] for h in history]
+    _log_axis(ax, values)
+    ax.set(xlabel="step", ylabel=metric,
+           title=f"intermediate {metric}: best {len(best)} in colour, pruned dashed"
+                 f"{_left_out(values)}")
+    ax.grid(alpha=0.3)
+    handles = sorted((h for h in ax.get_lines() if h.get_label().endswith(")")),
+                     key=lambda h: h.get_label().rsplit("#", 1)[-1])
+    ax.legend(handles=handles, fontsize=8)
+    return fig
+
+
+def schedules_figure(top: list[dict], steps: int) -> Figure:
+    """Each scheduled hyperparameter of the best trials against the step."""
     names = sorted({n for t in top for n in json.loads(t["schedules"])})
-    steps = int(config["budget"]["steps"])
-    fig, axes = plt.subplots(max(1, len(names)), 1, figsize=(7, 2.2 * max(1, len(names))),
-                             squeeze=False)
+    rows = max(1, len(names))
+    fig, axes = plt.subplots(rows, 1, figsize=(SIZE[0], 2.4 * rows), squeeze=False, sharex=True)
     for ax, name in zip(axes[:, 0], names):
         for t in top:
-            schedule = schedules.from_spec(json.loads(t["schedules"])[name])
-            if schedule.stateful:
+            spec = json.loads(t["schedules"]).get(name)
+            if spec is None or schedules.from_spec(spec).stateful:
                 continue
-            ax.plot(schedule.values(0, steps), label=f"trial {t['number']} ({t['value']:.4g})")
+            ax.plot(schedules.from_spec(spec).values(0, steps),
+                    label=f"trial {t['number']} ({t['value']:.4g})")
+        _log_axis(ax, [v for line in ax.get_lines() for v in line.get_ydata()])
         ax.set(ylabel=name)
-        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     axes[-1, 0].set_xlabel("step")
     axes[0, 0].set_title(f"schedules of the best {len(top)} trials")
+    return fig
+
+
+def importances_figure(run_dir: str, metric: str) -> Figure | str:
+    """Optuna's parameter importances (fANOVA) over the completed trials, or why there are none."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from runner.report import study_trials
+    from runner.rundir import RunDir
+
+    done = [t for t in study_trials(RunDir(run_dir)) or [] if t.state == TrialState.COMPLETE]
+    varied = {name for t in done for name, dist in t.distributions.items()
+              if not dist.single()}
+    if len(done) < 2 or not varied:
+        return "parameter importances need 2 completed trials with sampled parameters"
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory" line
+    study = optuna.create_study(directions=["minimize"] * len(done[0].values))  # any: unused
+    optuna.logging.set_verbosity(verbosity)
+    study.add_trials(done)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the matplotlib backend is "experimental"
+        ax = optuna.visualization.matplotlib.plot_param_importances(
+            study, target=(lambda t: t.values[0]) if len(done[0].values) > 1 else None,
+            target_name=metric)
+    fig = ax.figure
+    fig.set_size_inches(*SIZE)
+    ax.set_title(f"parameter importances for {metric} ({len(done)} completed trials)")
+    return fig
+
+
+def describe(fig: Figure) -> dict:
+    """What a figure shows: per axes its title, labels, scales and series (label, points)."""
+    axes = []
+    for ax in fig.axes:
+        series = [{"label": line.get_label(), "points": len(line.get_xdata())}
+                  for line in ax.get_lines() if not line.get_label().startswith("_")]
+        series += [{"label": coll.get_label(), "points": len(coll.get_offsets())}
+                   for coll in ax.collections if not coll.get_label().startswith("_")]
+        series += [{"label": bar.get_label(), "points": len(bar)} for bar in ax.containers
+                   if not bar.get_label().startswith("_")]
+        axes.append({"title": ax.get_title(), "xlabel": ax.get_xlabel(),
+                     "ylabel": ax.get_ylabel(), "xscale": ax.get_xscale(),
+                     "yscale": ax.get_yscale(), "series": series,
+                     "yticklabels": [t.get_text() for t in ax.get_yticklabels() if t.get_text()]})
+    return {"axes": axes}
+
+
+def save(fig: Figure, path: str) -> str:
     fig.tight_layout()
-    fig.savefig(paths[2], dpi=110)
+    fig.savefig(path, dpi=DPI, metadata={"sweep.plot": json.dumps(describe(fig))})
     plt.close(fig)
-    return paths
+    return path

@@ -12,8 +12,9 @@ from rich.table import Table
 
 _LINES = {
     "adopted": "trial {number} picked up from the previous driver",
+    "adopted_paused": "trial {number} stays paused (sweep resume RUN_DIR {number} continues it)",
     "resumed": "trial {number}: resume requested",
-    "paused": "trial {number} paused at step {step}",
+    "paused": "trial {number} paused; it resumes from step {step}",
     "superseded": "trial {number} is run by another worker now; this one stopped ({reason})",
     "notice": "{message}",
     "stopping": "stopping: checkpointing {running} (Ctrl-C again to quit at once; the sweep "
@@ -59,7 +60,7 @@ class Progress:
 
     def __call__(self, kind: str, info: dict) -> None:
         number = info.get("number")
-        line = _LINES.get(kind)
+        line = _LINES.get("adopted_paused" if kind == "adopted" and info.get("paused") else kind)
         if kind == "started":
             self.running[number] = {"step": info["step"], "lr": None}
             line = ("trial {number} resumed at step {step}" if info["resumed"]

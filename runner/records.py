@@ -26,7 +26,7 @@ TRIALS_SCHEMA = pa.schema([
     ("ended", pa.timestamp("us", tz="UTC")), ("restarts", pa.int64()),
     ("restart_log", pa.string()), ("last_step", pa.int64()), ("error", pa.string()),
     ("lost", pa.int64()), ("retries", pa.int64()), ("interruptions", pa.int64()),
-    ("checkpoint", pa.string()),
+    ("checkpoint", pa.string()), ("parent", pa.int64()), ("parent_step", pa.int64()),
 ])
 HISTORY_SCHEMA = pa.schema([("trial", pa.int64()), ("step", pa.int64()), ("metric", pa.string()),
                             ("value", pa.float64()), ("time", pa.timestamp("us", tz="UTC"))])

@@ -87,8 +87,21 @@ def print_progress(console: Console, run_dir: str) -> None:
         console.print(table)
         return
     paused = sorted(channel.paused())
+    from runner.config import ConfigError
+
+    run = RunDir(run_dir)
+    try:
+        study = study_trials(run) or []
+    except ConfigError as exc:  # the finished trials above are still worth showing
+        console.print(f"unfinished trials unknown: {exc}", highlight=False, markup=False)
+        study = []
+    stopped = [t.number for t in study if t.state.name == "RUNNING" and t.number not in paused]
+    if stopped:
+        console.print(f"stopped mid-trial (resumable from their checkpoints): "
+                      f"{', '.join(map(str, stopped))}", highlight=False)
     if paused:
         console.print(f"paused trials: {', '.join(map(str, paused))}", highlight=False)
+    if paused or stopped:
         console.print(f"continue with: sweep resume {run_dir}", highlight=False)
 
 

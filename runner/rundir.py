@@ -139,6 +139,27 @@ class RunDir:
                 except OSError:
                     pass  # never created, or the filesystem is gone: the first error stands
 
+    def copy(self, source: str, target: str) -> None:
+        """Copy a file within the run dir (server-side on object stores), atomically."""
+        directory, name = posixpath.split(self.path(target))
+        temp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
+        try:
+            if self.fs.type_name not in _OBJECT_STORES:
+                self.fs.create_dir(directory, recursive=True)
+            self.fs.copy_file(self.path(source), temp)
+            self.fs.move(temp, self.path(target))
+        except OSError as exc:
+            raise self.error(target, f"copy {source} to", exc) from None
+
+    def checkpoint_digest(self, relative: str) -> str:
+        """A checkpoint file's own digest (its footer's ``sweep.digest``): names it exactly."""
+        try:
+            with self.fs.open_input_file(self.path(relative)) as source:
+                footer = pa.ipc.open_file(source).metadata or {}
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise self.error(relative, "read", exc) from None
+        return footer.get(b"sweep.digest", b"").decode()
+
     def write_bytes(self, relative: str, data: bytes) -> None:
         self.write_files({relative: data})
 

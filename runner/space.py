@@ -218,7 +218,14 @@ def check_space(section: Mapping[str, Any], name: str, *, schedule_keys: bool) -
             for bound in (0, 1):
                 concrete = sample(value, path, _Exhaust(index, bound))
                 if schedule_keys:
-                    to_schedule(concrete, path)
+                    try:
+                        to_schedule(concrete, path)
+                    except schedules.ScheduleError as exc:
+                        if concrete == value:
+                            raise
+                        end = ("low", "high")[bound]
+                        raise schedules.ScheduleError(
+                            f"{exc} (with every range of {path} at its {end} end)") from None
 
 
 def to_schedule(value: Any, path: str) -> schedules.Schedule:

@@ -295,7 +295,7 @@ def capacity(resources, max_concurrent: int, local: bool) -> tuple[int, str]:
                          if k in ("CPU", "GPU") or k in resources.custom)
         where = "no node of the cluster" if not local else "this machine's Ray"
         wait = "" if local else "; waiting for the cluster to grow"
-        return 0, (f"resources: a trial asks for {asked}, which {where} can hold "
+        return 0, (f"resources: a trial asks for {asked}, which {where} cannot hold "
                    f"(largest node: {have or 'nothing'}){wait}")
     if total < max_concurrent:
         return total, (f"max_concurrent {max_concurrent}: the cluster holds {total} trial"

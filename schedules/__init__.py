@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
+
 from pydantic import TypeAdapter, ValidationError
 
 from schedules._kinds import KINDS, AnySpec, ReduceOnPlateau, Schedule
 
-__all__ = ["KINDS", "ReduceOnPlateau", "Schedule", "ScheduleError", "from_spec", "as_schedule"]
+__all__ = ["KINDS", "ReduceOnPlateau", "Schedule", "ScheduleError", "from_spec", "as_schedule",
+           "first_difference", "CHUNK"]
 
 
 class ScheduleError(ValueError):
@@ -27,6 +30,9 @@ class ScheduleError(ValueError):
 
 
 _ADAPTER = TypeAdapter(AnySpec)
+CHUNK = 512
+"""Adapters compute values for ``[c * CHUNK, (c + 1) * CHUNK)`` at once, chunks aligned to absolute
+multiples of ``CHUNK``: a resumed run computes bit-identical values, and so does a comparison."""
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -72,3 +78,25 @@ def as_schedule(value: Any) -> Schedule:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return from_spec({"kind": "constant", "value": float(value)})
     return from_spec(value)
+
+
+def first_difference(old: Any, new: Any, until: int) -> int | None:
+    """The first step before ``until`` where ``new`` gives another value than ``old`` (bit for
+    bit), or None when they agree on every step before it.
+
+    A trial forked at step k with a new schedule continues its parent exactly only if the two
+    agree before k: a WSD whose stable phase is extended agrees with its parent up to the
+    parent's cooldown; a cosine whose length changed does not. Values are compared on the chunks
+    the adapters compute (``schedules.torch.CHUNK`` steps aligned to multiples of it), so
+    "agree" means what a resumed optimizer would really see. A stateful schedule
+    (``reduce_on_plateau``) depends on the metrics it was fed: it agrees only with itself.
+    """
+    old, new = as_schedule(old), as_schedule(new)
+    if old.stateful or new.stateful:
+        return None if old == new or until <= 0 else 0
+    for start in range(0, max(until, 0), CHUNK):
+        a, b = old.values(start, start + CHUNK), new.values(start, start + CHUNK)
+        differ = np.flatnonzero(a[: until - start] != b[: until - start])
+        if differ.size:
+            return start + int(differ[0])
+    return None

@@ -23,17 +23,17 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from schedules import ReduceOnPlateau, Schedule, ScheduleError, as_schedule, from_spec
+from schedules import (CHUNK, ReduceOnPlateau, Schedule, ScheduleError, as_schedule,
+                       first_difference, from_spec)
 
 __all__ = ["ALIASES", "CHUNK", "FORMAT", "HyperparamScheduler", "attach"]
 
 FORMAT = "sweep.schedules/1"
 """The ``format`` key of a state dict; the Arrow checkpoint store recognises it by this value."""
 
-CHUNK = 512
-"""Values are computed for ``[c * CHUNK, (c + 1) * CHUNK)`` at once: one vectorised evaluation per
-chunk instead of a numpy scalar formula per step, and chunks aligned to absolute multiples of
-``CHUNK`` so a resumed run computes bit-identical values."""
+# Values are computed for [c * CHUNK, (c + 1) * CHUNK) at once (schedules.CHUNK): one vectorised
+# evaluation per chunk instead of a numpy scalar formula per step, and chunks aligned to absolute
+# multiples of CHUNK so a resumed run computes bit-identical values.
 
 ALIASES = {"learning_rate": "lr", "b1": "betas.0", "b2": "betas.1"}
 """optax names whose param_group key differs; other optax names (eps, weight_decay, momentum) are
@@ -238,7 +238,8 @@ class HyperparamScheduler(LRScheduler):
             for s in self._slots]}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Continue where ``state_dict`` stopped; refuse one whose schedules differ from ours.
+        """Continue where ``state_dict`` stopped; refuse one whose schedules differ from ours on
+        a step before it (a fork may continue with another schedule that agrees until then).
 
         Call it before or after ``optimizer.load_state_dict``: either way the optimizer ends up
         holding this scheduler's values for the restored update.
@@ -252,6 +253,9 @@ class HyperparamScheduler(LRScheduler):
             raise ScheduleError(f"scheduler state dict drives other hyperparameters: missing "
                                 f"{_listed(ours.keys() - saved.keys())}; unexpected "
                                 f"{_listed(saved.keys() - ours.keys())}")
+        last_epoch = int(state_dict["last_epoch"])
+        if last_epoch < 0:
+            raise ScheduleError(f"scheduler state dict: last_epoch must be >= 0, got {last_epoch}")
         states = {}
         for where, slot in ours.items():
             entry = saved[where]
@@ -260,9 +264,11 @@ class HyperparamScheduler(LRScheduler):
                 schedule = from_spec(entry["spec"])
             except ScheduleError as exc:
                 raise ScheduleError(f"{label}: saved spec is invalid: {exc}") from None
-            if schedule != slot.schedule:
-                raise ScheduleError(f"{label}: the state dict was saved with schedule "
-                                    f"{entry['spec']}, this scheduler runs {slot.schedule.spec()}; "
+            differs = first_difference(schedule, slot.schedule, last_epoch)
+            if differs is not None:
+                raise ScheduleError(f"{label}: the state dict was saved at step {last_epoch} "
+                                    f"with schedule {entry['spec']}, and this scheduler's "
+                                    f"{slot.schedule.spec()} differs from it at step {differs}; "
                                     f"build the scheduler from the checkpoint's specs to resume")
             if slot.state is not None:
                 saved_state = entry.get("state") or {}
@@ -270,9 +276,6 @@ class HyperparamScheduler(LRScheduler):
                 if missing:
                     raise ScheduleError(f"{label}: saved state lacks {sorted(missing)}")
                 states[where] = _plain({k: saved_state[k] for k in slot.state})
-        last_epoch = int(state_dict["last_epoch"])
-        if last_epoch < 0:
-            raise ScheduleError(f"scheduler state dict: last_epoch must be >= 0, got {last_epoch}")
         for where, state in states.items():
             ours[where].state = state
         self.last_epoch = last_epoch

@@ -20,7 +20,7 @@ from tests.test_preemption import _data, _outcome
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 KILLS = 6
-EVERY = 5  # reports between kills (over all trials)
+EVERY = 4  # reports between kills (over all trials)
 
 
 class Chaos:
@@ -50,9 +50,11 @@ class Chaos:
 def test_six_trials_under_repeated_worker_kills_equal_their_undisturbed_twins(tmp_path):
     def config(run_dir):
         return parse_config(_data(run_dir, "examples.digits_torch:train", n_trials=6,
-                                  max_concurrent=2, max_restarts=KILLS), "chaos.yaml")
+                                  max_concurrent=2, max_restarts=KILLS,
+                                  budget={"steps": 60, "report_every": 10,
+                                          "checkpoint_every": 20}), "chaos.yaml")
 
-    chaos = Chaos(budget=120)
+    chaos = Chaos(budget=60)
     Sweep(config(tmp_path / "chaos"), on_event=chaos).run()
     Sweep(config(tmp_path / "twin")).run()
     assert len(chaos.killed) == KILLS

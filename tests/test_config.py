@@ -232,3 +232,24 @@ def test_dry_run_prints_config_values_verbatim(tmp_path, monkeypatch, capsys):
     assert 'params.sizes: [8, 16]' in out
     assert all(line.startswith(("trial ", "  ", "cfg", "search space", "sampled"))
                for line in out.splitlines()), out  # nothing wrapped onto a line of its own
+
+
+def test_a_misspelt_top_key_is_named_with_the_key_it_was_meant_to_be(tmp_path, capsys):
+    data = {k: v for k, v in GOOD.items() if k != "budget"}
+    data["budjet"] = GOOD["budget"]
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err == f"sweep: {path}: budjet: unknown key (did you mean 'budget'?)\n"
+
+
+def test_an_invalid_corner_of_the_space_says_which_end(tmp_path):
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    data["hyperparams"]["learning_rate"] = {
+        "kind": "warmup_cosine_decay", "init_value": 0.0, "peak_value": 1e-2,
+        "warmup_steps": {"int": [5, 120]}, "decay_steps": {"int": [50, 100]}}
+    path = tmp_path / "corner.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"with every range of hyperparams.learning_rate at its "
+                                          r"high end\)$"):
+        load_config(path)

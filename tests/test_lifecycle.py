@@ -130,6 +130,16 @@ def test_pause_checkpoints_a_running_trial_and_resume_queues_it():
     assert life.state == State.QUEUED
 
 
+def test_pausing_a_paused_trial_says_so_and_changes_nothing():
+    life = _running()
+    life.handle(lc.Control("pause"))
+    (notice,) = life.handle(lc.Control("pause"))
+    assert notice.info["message"] == "trial 0 is already paused"
+    life.handle(lc.Interrupted("paused"))
+    (notice,) = life.handle(lc.Control("pause"))
+    assert life.state == State.PAUSED and "already paused" in notice.info["message"]
+
+
 def test_pause_of_a_queued_trial_or_of_one_whose_actor_never_started_is_immediate():
     queued = lc.Lifecycle(1, RULES)
     queued.handle(lc.Control("pause"))

@@ -223,3 +223,29 @@ def test_schedules_imports_no_framework():
             "{'ray', 'optuna', 'torch', 'jax', 'jaxlib', 'optax'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- agreement before a fork step ------------------------------------------------------------
+
+WSD = {"kind": "wsd", "peak_value": 1e-3, "warmup_steps": 10, "stable_steps": 80,
+       "decay_steps": 20, "decay_type": "1-sqrt"}
+
+
+def test_a_wsd_with_a_longer_stable_phase_agrees_until_the_parents_cooldown():
+    longer = {**WSD, "stable_steps": 2000}
+    # the cooldown starts at 90 with the peak value itself: the first step that differs is 91
+    assert schedules.first_difference(WSD, longer, 91) is None
+    assert schedules.first_difference(WSD, longer, 5000) == 91
+
+
+def test_a_cosine_of_another_length_disagrees_at_once_and_a_schedule_agrees_with_itself():
+    cosine = {"kind": "cosine_decay", "init_value": 1e-3, "decay_steps": 100}
+    assert schedules.first_difference(cosine, {**cosine, "decay_steps": 200}, 50) == 1
+    assert schedules.first_difference(cosine, dict(cosine), 10_000) is None
+    assert schedules.first_difference(0.1, {"kind": "constant", "value": 0.1}, 700) is None
+
+
+def test_a_stateful_schedule_agrees_only_with_itself():
+    plateau = {"kind": "reduce_on_plateau", "init_value": 0.1}
+    assert schedules.first_difference(plateau, plateau, 100) is None
+    assert schedules.first_difference(plateau, {**plateau, "factor": 0.5}, 100) == 0

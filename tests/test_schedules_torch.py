@@ -371,11 +371,14 @@ def test_load_restores_position_and_plateau_state():
 @pytest.mark.parametrize("change", ["spec", "missing", "format"])
 def test_mismatched_state_dict_is_refused(change):
     scheduler = sched_torch.attach(_adamw(_mlp()), learning_rate=WARMUP_COSINE, b1=0.9)
+    for _ in range(3):
+        scheduler.step()
     sd = scheduler.state_dict()
     other = sched_torch.attach(_adamw(_mlp()), learning_rate=WARMUP_COSINE, b1=0.9)
     if change == "spec":
         sd["hyperparams"][1]["spec"] = {"kind": "constant", "value": 0.8}
-        match = r"param group 0, hyperparameter 'b1' \(betas.0\).*saved with schedule"
+        match = (r"param group 0, hyperparameter 'b1' \(betas.0\): the state dict was saved at "
+                 r"step 3 with schedule .* differs from it at step 0")
     elif change == "missing":
         del sd["hyperparams"][1]
         match = "missing group 0 'betas.0'"
@@ -522,3 +525,21 @@ def test_resume_is_exact(straight_run, order):
     assert first + second == straight
     for name, tensor in final.items():
         assert torch.equal(model.state_dict()[name], tensor), name
+
+
+def test_a_state_dict_loads_into_a_schedule_that_agrees_with_its_past():
+    """A fork: the parent's WSD saved at step 50, the child's WSD with a longer stable phase."""
+    wsd = {"kind": "wsd", "peak_value": 1e-2, "warmup_steps": 10, "stable_steps": 60,
+           "decay_steps": 30}
+    parent = sched_torch.attach(_adamw(_mlp()), learning_rate=wsd)
+    for _ in range(50):
+        parent.step()
+    longer = sched_torch.attach(_adamw(_mlp()), learning_rate={**wsd, "stable_steps": 500})
+    longer.load_state_dict(parent.state_dict())
+    assert longer.last_epoch == 50 and longer.get_last_lr() == parent.get_last_lr()
+    for _ in range(40):  # past the parent's cooldown start (70): the child keeps its peak
+        longer.step()
+    assert longer.get_last_lr()[0] == 1e-2
+    shorter = sched_torch.attach(_adamw(_mlp()), learning_rate={**wsd, "stable_steps": 20})
+    with pytest.raises(ScheduleError, match="differs from it at step 31"):
+        shorter.load_state_dict(parent.state_dict())

@@ -102,3 +102,27 @@ def dies_if_first(ctx: TrialContext) -> None:
 def typo(ctx: TrialContext) -> None:
     """Always fails alike, as a misspelt key does."""
     raise KeyError("learnin_rate")
+
+
+def fails_once_midway(ctx: TrialContext) -> None:
+    """Raises on its first attempt two steps past its first checkpoint (a marker file remembers
+    it): a retry resumes from that checkpoint and redoes the reports made since, identically."""
+    import os
+
+    import torch
+
+    import schedules.torch
+
+    marker = os.path.join(ctx.params["marker_dir"], f"attempted-{ctx.number}")
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)])
+    scheduler = schedules.torch.attach(optimizer, **ctx.schedules)  # applied values get reported
+    ctx.track(optimizer=optimizer, scheduler=scheduler)
+    for step in ctx.steps():
+        if step == ctx.task.checkpoint_every + 2 and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("first attempt fails")
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        if ctx.report_due(step):
+            ctx.report(step + 1, loss=lr + 1.0 / (step + 1), val_loss=lr * (step + 1))

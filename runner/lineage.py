@@ -1,0 +1,69 @@
+"""Forks: a new trial that continues another from one of its checkpoints with a new schedule.
+
+``plan_fork`` checks a fork before it is asked for: the parent has a checkpoint at the step, and
+every new schedule agrees, value for value, with the parent's on every step before it (so the
+child's past is the parent's). The driver then runs it (runner/driver.py ``_fork``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+import schedules
+from runner.rundir import RunDir
+
+
+class ForkError(ValueError):
+    """A fork that cannot continue its parent exactly; the message says why, in one line."""
+
+
+def checkpoint_steps(run: RunDir, number: int) -> list[int]:
+    """The steps trial ``number`` has checkpoints at."""
+    files = run.list(RunDir.checkpoint_dir(number), ".arrow")
+    return sorted(int(f.rsplit("ckpt-", 1)[1].split(".")[0]) for f in files)
+
+
+def apply_sets(specs: Mapping[str, Any], sets: Sequence[str]) -> dict[str, Any]:
+    """``specs`` with ``hyperparams.NAME.FIELD=VALUE`` (or ``hyperparams.NAME=VALUE``) applied;
+    VALUE is read as YAML (``300``, ``1e-3``, ``1-sqrt``, ``{kind: constant, value: 0.1}``)."""
+    out = {name: dict(spec) for name, spec in specs.items()}
+    for item in sets:
+        key, sep, text = item.partition("=")
+        parts = key.split(".")
+        if not sep or parts[0] != "hyperparams" or len(parts) not in (2, 3):
+            raise ForkError(f"--set {item}: expected hyperparams.NAME.FIELD=VALUE or "
+                            f"hyperparams.NAME=VALUE")
+        value = yaml.safe_load(text)
+        name = parts[1]
+        if name not in out:
+            raise ForkError(f"--set {item}: the trial has no schedule for {name!r} (it has "
+                            f"{', '.join(sorted(out))})")
+        if len(parts) == 2:
+            out[name] = dict(value) if isinstance(value, dict) else \
+                schedules.as_schedule(value).spec()
+        else:
+            out[name][parts[2]] = value
+    return out
+
+
+def plan_fork(run: RunDir, parent: int, parent_specs: Mapping[str, Any], at: int,
+              sets: Sequence[str]) -> dict[str, Any]:
+    """The child's schedule specs, or ForkError naming what is wrong."""
+    steps = checkpoint_steps(run, parent)
+    if at not in steps:
+        have = ", ".join(map(str, steps)) or "none"
+        raise ForkError(f"trial {parent} has no checkpoint at step {at} (it has: {have})")
+    specs = apply_sets(parent_specs, sets)
+    for name, spec in specs.items():
+        try:
+            schedules.from_spec(spec)
+        except schedules.ScheduleError as exc:
+            raise ForkError(f"hyperparams.{name}: {exc}") from None
+        differs = schedules.first_difference(parent_specs[name], spec, at)
+        if differs is not None:
+            raise ForkError(f"hyperparams.{name}: the new schedule differs from trial {parent}'s "
+                            f"at step {differs}, before the fork step {at}: the child would not "
+                            f"continue its parent's past")
+    return {name: schedules.from_spec(spec).spec() for name, spec in specs.items()}

@@ -1,0 +1,99 @@
+"""Forks: a trial continued from another's checkpoint, exactly, with a schedule that agrees."""
+
+from __future__ import annotations
+
+import pytest
+
+from runner.checkpoint import read_checkpoint
+from runner.config import parse_config
+from runner.control import ControlChannel
+from runner.driver import Sweep
+from runner.lineage import ForkError, plan_fork
+from runner.rundir import RunDir
+from tests.test_preemption import _data, _outcome
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+WSD = {"kind": "wsd", "peak_value": {"loguniform": [3e-3, 1e-2]}, "warmup_steps": 10,
+       "stable_steps": 80, "decay_steps": 30, "decay_type": "1-sqrt"}
+
+
+def _config(run_dir):
+    return parse_config(_data(run_dir, "examples.digits_torch:train",
+                              hyperparams={"learning_rate": WSD, "weight_decay": 1e-4},
+                              checkpoint={"keep_last": 10}), "fork.yaml")
+
+
+@pytest.fixture(scope="module")
+def parent_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("fork") / "run"
+    Sweep(_config(run_dir)).run()
+    return run_dir
+
+
+def _specs(run_dir, number):
+    import json
+
+    return json.loads(_outcome(run_dir)[3][number]["schedules"])
+
+
+def test_a_fork_that_keeps_the_schedule_finishes_identically_to_its_parent(parent_run):
+    run = RunDir(str(parent_run))
+    specs = plan_fork(run, 0, _specs(parent_run, 0), 60, [])
+    ControlChannel(run).request("fork", 0, at=60, specs=specs)
+    Sweep(_config(parent_run)).run()  # a stopped sweep runs the fork when it is resumed
+    history, applied, states, trials = _outcome(parent_run)
+    assert states[1] == states[0] and trials[1]["parent"] == 0 and trials[1]["parent_step"] == 60
+    after = lambda rows, n: [r[1:] for r in rows if r[0] == n and r[1] > 60]  # noqa: E731
+    assert after(history, 1) == after(history, 0) and after(applied, 1) == after(applied, 0)
+    assert min(r[1] for r in history if r[0] == 1) == 70  # its history starts after the fork
+    final = read_checkpoint(str(parent_run / trials[1]["checkpoint"]))
+    lineage = final.metadata["parent"]
+    assert lineage["trial"] == 0 and lineage["step"] == 60
+    assert lineage["checkpoint"] == "checkpoints/trial-00000/ckpt-000000060.arrow"
+    assert lineage["digest"].startswith("xxh3_64:")
+
+
+def test_a_fork_may_extend_a_wsd_stable_phase_but_not_change_a_past(parent_run):
+    run = RunDir(str(parent_run))
+    parent = _specs(parent_run, 0)
+    longer = plan_fork(run, 0, parent, 60, ["hyperparams.learning_rate.stable_steps=200"])
+    assert longer["learning_rate"]["stable_steps"] == 200
+    with pytest.raises(ForkError, match=r"hyperparams.learning_rate: the new schedule differs "
+                                        r"from trial 0's at step 1, before the fork step 60"):
+        plan_fork(run, 0, parent, 60, ["hyperparams.learning_rate.peak_value=0.5"])
+    with pytest.raises(ForkError, match=r"trial 0 has no checkpoint at step 55 \(it has: 20, "):
+        plan_fork(run, 0, parent, 55, [])
+    with pytest.raises(ForkError, match="no schedule for 'learnin_rate'"):
+        plan_fork(run, 0, parent, 60, ["hyperparams.learnin_rate.stable_steps=1"])
+
+
+def test_sweep_fork_through_the_cli_on_a_live_sweep_and_refusals(parent_run, tmp_path, capsys):
+    import yaml
+
+    from runner.cli import main
+
+    run_dir = tmp_path / "live"
+    data = _data(run_dir, "examples.digits_torch:train", n_trials=2,
+                 hyperparams={"learning_rate": WSD, "weight_decay": 1e-4},
+                 checkpoint={"keep_last": 10})
+    (tmp_path / "live.yaml").write_text(yaml.safe_dump(data))
+    (run_dir).mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(data))
+    asked = {}
+
+    def fork_when_trial_0_is_done(kind, info):
+        if kind == "finished" and info["number"] == 0 and not asked:
+            asked["rc"] = main(["fork", str(run_dir), "0", "--at", "40",
+                                "--set", "hyperparams.learning_rate.stable_steps=100"])
+
+    Sweep(parse_config(data, "live.yaml"), on_event=fork_when_trial_0_is_done).run()
+    assert asked == {"rc": 0}
+    trials = _outcome(run_dir)[3]
+    (fork,) = [t for t in trials.values() if t["parent"] is not None]
+    assert sorted(trials) == [0, 1, 2]  # the fork takes the next number, beyond n_trials: 2
+    assert fork["parent"] == 0 and fork["parent_step"] == 40 and fork["state"] == "COMPLETE"
+    capsys.readouterr()
+    assert main(["fork", str(run_dir), "0", "--at", "40",
+                 "--set", "hyperparams.learning_rate.warmup_steps=5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "differs from trial 0's at step 1, before the fork step 40" in err

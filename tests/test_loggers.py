@@ -1,0 +1,235 @@
+"""Loggers fed by the driver's events: TensorBoard read back with TensorBoard's own reader, MLflow
+through its client from a real tracking server on 127.0.0.1, a user logger by import path."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from runner.cli import main
+from runner.loggers import LogFanout, Logger
+from runner.records import RunRecords
+
+TRIALS = 3
+STEPS = 20
+
+
+class Recorder(Logger):
+    """A user logger (``kind: tests.test_loggers:Recorder``): appends every hook call as JSON."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def _write(self, *call) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(call) + "\n")
+
+    def trial_started(self, number, *, step, resumed, params, schedules):
+        self._write("started", number, step, resumed, params is not None)
+
+    def report(self, number, step, metrics, hyperparams, time):
+        self._write("report", number, step, metrics, hyperparams)
+
+    def restarted(self, number, why, from_step):
+        self._write("restarted", number, why, from_step)
+
+    def trial_finished(self, number, state, values, error):
+        self._write("finished", number, state, values)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, deadline_s: float) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)  # polling a server that is starting; not a synchronisation
+    raise TimeoutError(f"{url} did not answer within {deadline_s} s")
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server (SQLite backend) on 127.0.0.1, one worker, no job runner."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    with open(root / "server.log", "w") as log:
+        proc = subprocess.Popen(
+            [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+             "--default-artifact-root", str(root / "artifacts")],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{url}/health", proc, 120)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def logged_run(ray_local, mlflow_server, tmp_path_factory):
+    """One sweep with all three loggers, each trial failing once mid-run and retried."""
+    from runner import run
+
+    tmp = tmp_path_factory.mktemp("logged")
+    (tmp / "markers").mkdir()
+    config = {
+        "name": "logged", "trainable": "tests.trainables:fails_once_midway",
+        "objective": {"metric": "loss"},
+        "budget": {"steps": STEPS, "report_every": 2, "checkpoint_every": 10},
+        "search": {"sampler": "random", "seed": 1, "n_trials": TRIALS},
+        "hyperparams": {"learning_rate": {"kind": "linear", "init_value": 0.1,
+                                          "end_value": {"loguniform": [1e-3, 1e-2]},
+                                          "transition_steps": STEPS}},
+        "params": {"marker_dir": str(tmp / "markers")},
+        "retries": 1, "max_concurrent": 2, "storage": str(tmp / "run"),
+        "loggers": ["tensorboard",
+                    {"kind": "mlflow", "options": {"tracking_uri": mlflow_server}},
+                    {"kind": "tests.test_loggers:Recorder",
+                     "options": {"path": str(tmp / "calls.jsonl")}}],
+    }
+    result = run(config)
+    return result, tmp
+
+
+def _history(result) -> dict[tuple[int, str], list[tuple[int, float]]]:
+    series = defaultdict(list)
+    for row in result.history.itertuples():
+        series[(row.trial, row.metric)].append((row.step, row.value))
+    for row in result.applied.itertuples():
+        series[(row.trial, f"hyperparams/{row.hyperparameter}")].append((row.step, row.value))
+    return {k: sorted(v) for k, v in series.items()}
+
+
+def test_tensorboard_scalars_equal_the_history_table(logged_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result, _ = logged_run
+    assert list(result.trials.state) == ["COMPLETE"] * TRIALS
+    assert list(result.trials.retries) == [1] * TRIALS
+    series = _history(result)
+    assert {name for _, name in series} == {"loss", "val_loss", "hyperparams/learning_rate"}
+    for (number, name), expected in series.items():
+        events = EventAccumulator(os.path.join(result.run_dir, "tensorboard",
+                                               f"trial-{number:05d}"))
+        events.Reload()
+        got = [(e.step, e.value) for e in events.Scalars(name)]
+        # TensorBoard keeps float32; the redone reports after the retry replaced the first ones
+        assert got == [(s, float(np.float32(v))) for s, v in expected], (number, name)
+        restarts = events.Scalars("sweep/restarts")
+        assert [(e.step, e.value) for e in restarts] == [(10, 1.0)]
+        summary = events.Tensors("sweep/result/text_summary")[0].tensor_proto.string_val[0]
+        assert summary.decode().startswith("COMPLETE loss=")
+
+
+def test_mlflow_runs_hold_params_metrics_restarts_and_state(logged_run, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    result, _ = logged_run
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("logged")
+    runs = {int(r.data.tags["sweep.trial"]): r
+            for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == list(range(TRIALS))
+    series = _history(result)
+    for trial in result.trials.itertuples():
+        run = runs[trial.number]
+        assert run.info.status == "FINISHED" and run.data.tags["sweep.state"] == "COMPLETE"
+        assert run.data.tags["sweep.restarts"] == "1"
+        assert run.data.tags["sweep.last_restart"] == "retry, from step 10"
+        spec = json.loads(trial.schedules)["learning_rate"]
+        assert float(run.data.params["schedule.learning_rate.end_value"]) == spec["end_value"]
+        assert run.data.params["marker_dir"] == json.loads(trial.params)["marker_dir"]
+        assert run.data.metrics["value/loss"] == trial.value
+        for name in ("loss", "val_loss", "hyperparams/learning_rate"):
+            got = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, name))
+            assert got == series[(trial.number, name)], (trial.number, name)
+
+
+def test_a_user_logger_by_import_path_hears_every_report_once_in_order(logged_run):
+    result, tmp = logged_run
+    calls = [json.loads(line) for line in (tmp / "calls.jsonl").read_text().splitlines()]
+    for number in range(TRIALS):
+        mine = [c for c in calls if c[1] == number]
+        kinds = [c[0] for c in mine]
+        assert kinds[0] == "started" and mine[0][2:] == [0, False, True]
+        assert ["restarted", number, "retry", 10] in mine
+        resumed = mine[kinds.index("restarted") + 1]
+        assert resumed == ["started", number, 10, True, True]
+        assert kinds[-1] == "finished" and mine[-1][2] == "COMPLETE"
+        # the last report of each step is what the history table holds
+        last = {c[2]: c[3] for c in mine if c[0] == "report"}
+        table = RunRecords(result.run_dir).read_trial("history", number).to_pylist()
+        assert {(r["step"], r["metric"]): r["value"] for r in table} == \
+            {(s, k): v for s, m in last.items() for k, v in m.items()}
+
+
+class Broken(Logger):
+    def report(self, number, step, metrics, hyperparams, time):
+        raise RuntimeError("tracking server gone")
+
+
+def test_a_failing_logger_is_switched_off_and_the_others_go_on(tmp_path, caplog):
+    recorder = Recorder(str(tmp_path / "calls.jsonl"))
+    with LogFanout([Broken(), recorder], str(tmp_path), None) as fanout:
+        fanout("queued", {"number": 0, "params": {}, "specs": {}})
+        fanout("started", {"number": 0, "step": 0, "resumed": False})
+        for step in (1, 2):
+            fanout("report", {"number": 0, "step": step, "metrics": {"loss": 1.0},
+                              "hyperparams": {}})
+        fanout("finished", {"number": 0, "state": "COMPLETE", "values": {"loss": 1.0},
+                            "error": ""})
+    calls = [json.loads(line)[0] for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert calls == ["started", "report", "report", "finished"]
+    assert [r.getMessage() for r in caplog.records if "Broken" in r.getMessage()] == [
+        "logger Broken failed and is off for the rest of the sweep: tracking server gone"]
+
+
+@pytest.mark.parametrize("loggers, message", [
+    ([{"kind": "tb"}], "loggers.0.kind: expected tensorboard, mlflow or 'package.module:Class'"),
+    ([{"kind": "tensorboard", "options": {"logdir": "x"}}],
+     "loggers.0.options.logdir: unknown option of the tensorboard logger (known: dir)"),
+    (["tests.nowhere:Logger"], "loggers.0: tests.nowhere:Logger needs tests.nowhere, which is "
+                               "not installed"),
+    (["tests.test_loggers:Nope"], "loggers.0: tests.test_loggers:Nope: module "),
+    (["tests.trainables:Tally"], "loggers.0: tests.trainables:Tally: expected a subclass of "
+                                 "runner.loggers.Logger"),
+    ([{"kind": "tests.test_loggers:Recorder", "options": {"file": "x"}}],
+     "loggers.0: tests.test_loggers:Recorder: "),
+])
+def test_a_bad_logger_is_one_line_naming_the_file_and_key(tmp_path, capsys, loggers, message):
+    import yaml
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "bad", "trainable": "tests.trainables:quadratic", "objective": {"metric": "loss"},
+        "budget": {"steps": 4, "report_every": 1, "checkpoint_every": 2},
+        "search": {"n_trials": 1}, "storage": str(tmp_path / "run"),
+        "hyperparams": {"learning_rate": {"kind": "constant", "value": 0.1}},
+        "loggers": loggers}))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sweep: {path}: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
