@@ -36,14 +36,19 @@ def print_summary(console: Console, run_dir: str, top: int = 10) -> None:
     direction = _direction(run_dir)
     if direction == "maximize":
         done.reverse()
-    table = Table(title=f"best trials ({direction})", title_justify="left")
-    for column in ("trial", "value", "learning_rate", "params", "restarts"):
+    several = any(len(r["values"] or []) > 1 for r in done)
+    title = (f"trials by the first objective ({direction}); several objectives: no single best"
+             if several else f"best trials ({direction})")
+    table = Table(title=title, title_justify="left")
+    for column in ("trial", "values" if several else "value", "learning_rate", "params",
+                   "restarts"):
         table.add_column(column)
     for row in done[:top]:
         specs = json.loads(row["schedules"])
         lr = specs.get("learning_rate", {})
-        table.add_row(str(row["number"]), f"{row['value']:.6g}", _short(lr),
-                      row["params"], str(row["restarts"]))
+        value = (", ".join(f"{v:.6g}" for v in row["values"]) if several
+                 else f"{row['value']:.6g}")
+        table.add_row(str(row["number"]), value, _short(lr), row["params"], str(row["restarts"]))
     console.print(table)
 
 

@@ -366,3 +366,17 @@ def test_the_console_script_imports_a_trainable_beside_the_config_and_dry_run_sh
     ran = [f"trial {n}: params {json.dumps(json.loads(t['params']))}"
            for n, t in sorted(_trials(tmp_path / "run").items())]
     assert shown == ran
+
+
+def test_a_multi_objective_sweep_ends_cleanly_and_status_shows_every_value(tmp_path, capsys):
+    path = tmp_path / "mo.yaml"
+    path.write_text(yaml.safe_dump(_quick(
+        tmp_path, trainable="tests.trainables:two_metrics",
+        objective=[{"metric": "loss"}, {"metric": "cost"}],
+        search={"sampler": "nsga2", "seed": 0, "n_trials": 3})))
+    assert main(["run", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["status", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "several objectives: no single best" in out and "values" in out
+    assert not (tmp_path / "run" / "best.json").exists()

@@ -126,3 +126,12 @@ def fails_once_midway(ctx: TrialContext) -> None:
         scheduler.step()
         if ctx.report_due(step):
             ctx.report(step + 1, loss=lr + 1.0 / (step + 1), val_loss=lr * (step + 1))
+
+
+def two_metrics(ctx: TrialContext) -> None:
+    """Two objectives that pull apart: loss falls with a higher lr, cost rises with it."""
+    lr = float(ctx.schedules["learning_rate"](0))
+    ctx.track(tally=Tally())
+    for step in ctx.steps():
+        if ctx.report_due(step):
+            ctx.report(step + 1, loss=1.0 / (1.0 + 100 * lr), cost=lr)
