@@ -97,3 +97,41 @@ def test_sweep_fork_through_the_cli_on_a_live_sweep_and_refusals(parent_run, tmp
                  "--set", "hyperparams.learning_rate.warmup_steps=5"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "differs from trial 0's at step 1, before the fork step 40" in err
+
+
+def test_a_fork_killed_mid_run_still_finishes_identically_to_its_parent(tmp_path):
+    import signal
+
+    from tests.test_preemption import Signaller
+
+    run_dir = tmp_path / "run"
+    Sweep(_config(run_dir)).run()
+    run = RunDir(str(run_dir))
+    ControlChannel(run).request("fork", 0, at=40, specs=plan_fork(run, 0, _specs(run_dir, 0),
+                                                                    40, []))
+    killer = Signaller([70], signal.SIGKILL)  # between the fork's checkpoints at 60 and 80
+    Sweep(_config(run_dir), on_event=killer).run()
+    assert killer.sent == [70]
+    history, applied, states, trials = _outcome(run_dir)
+    assert states[1] == states[0] and trials[1]["lost"] == 1
+    after = lambda rows, n: [r[1:] for r in rows if r[0] == n and r[1] > 40]  # noqa: E731
+    assert after(history, 1) == after(history, 0) and after(applied, 1) == after(applied, 0)
+
+
+def test_a_jax_fork_with_a_longer_stable_phase_continues_its_parent_exactly(tmp_path):
+    """optax: the restored InjectStatefulHyperparamsState (every per-hyperparameter count) runs
+    on with the child's schedule; until the parent's cooldown the two are the same run."""
+    pytest.importorskip("optax")
+    run_dir = tmp_path / "run"
+    data = _data(run_dir, "examples.digits_jax:train", checkpoint={"keep_last": 10},
+                 hyperparams={"learning_rate": {**WSD, "stable_steps": 60}, "weight_decay": 1e-4})
+    Sweep(parse_config(data, "jax.yaml")).run()  # cooldown from step 70 to 100, then end value
+    run = RunDir(str(run_dir))
+    specs = plan_fork(run, 0, _specs(run_dir, 0), 40,
+                      ["hyperparams.learning_rate.stable_steps=1000"])
+    ControlChannel(run).request("fork", 0, at=40, specs=specs)
+    Sweep(parse_config(data, "jax.yaml")).run()
+    history = _outcome(run_dir)[0]
+    rows = lambda n, lo, hi: [r[1:] for r in history if r[0] == n and lo < r[1] <= hi]  # noqa: E731
+    assert rows(1, 40, 70) == rows(0, 40, 70)  # the same run until the parent's cooldown
+    assert rows(1, 80, 120) != rows(0, 80, 120)  # then the child stays at its peak
