@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
                       help="hyperparams.NAME.FIELD=VALUE for the child's schedule (repeatable)")
     fork.add_argument("--run", action="store_true", help="on a stopped sweep: run it now")
     fork.add_argument("--address", help="Ray cluster for --run (default: local)")
+    extend = commands.add_parser("extend", help="continue a COMPLETE wsd trial to a budget of N "
+                                                "steps as a new trial (the same cooldown, later)")
+    extend.add_argument("run_dir")
+    extend.add_argument("trial", type=int)
+    extend.add_argument("--steps", type=int, required=True, help="the new budget")
+    extend.add_argument("--run", action="store_true", help="on a stopped sweep: run it now")
+    extend.add_argument("--address", help="Ray cluster for --run (default: local)")
     dashboard = commands.add_parser("dashboard", help="optuna-dashboard on the run's study")
     dashboard.add_argument("run_dir")
     dashboard.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
@@ -350,7 +357,7 @@ def _fork(args: argparse.Namespace, console: Console) -> int:
     """Check the fork here (one line if it cannot continue its parent exactly), then hand it to
     the live driver, or leave it for the stopped sweep's next run."""
     from runner.control import ControlChannel
-    from runner.lineage import ForkError, plan_fork
+    from runner.lineage import ForkError, plan_extend, plan_fork
     from runner.report import find_trial
 
     run = _run_dir(args.run_dir)
@@ -358,17 +365,27 @@ def _fork(args: argparse.Namespace, console: Console) -> int:
     if info is None or info.schedules is None:
         raise UsageError(f"{run.uri}: no trial {args.trial}")
     try:
-        specs = plan_fork(run, args.trial, info.schedules, args.at, args.set)
+        if args.command == "extend":
+            if info.state != "COMPLETE":
+                raise ForkError(f"trial {args.trial} is {info.state}; only a COMPLETE trial "
+                                f"can be extended")
+            specs, at = plan_extend(run, args.trial, info.schedules, int(info.row["last_step"]),
+                                    args.steps)
+            extra = {"steps": args.steps}
+        else:
+            specs, at, extra = plan_fork(run, args.trial, info.schedules, args.at, args.set), \
+                args.at, {}
     except ForkError as exc:
         raise UsageError(f"{run.uri}: {exc}") from None
     channel = ControlChannel(run)
-    channel.request("fork", args.trial, at=args.at, specs=specs)
+    channel.request("fork", args.trial, at=at, specs=specs, **extra)
+    what = f"{args.command} from step {at}"
     if channel.driver_alive():
-        console.print(f"trial {args.trial}: fork at step {args.at} requested from the running "
-                      f"sweep", highlight=False)
+        console.print(f"trial {args.trial}: {what} requested from the running sweep",
+                      highlight=False)
         return EXIT_OK
-    console.print(f"trial {args.trial}: fork at step {args.at} runs when the sweep does "
-                  f"(sweep resume {run.uri})", highlight=False)
+    console.print(f"trial {args.trial}: {what} runs when the sweep does (sweep resume {run.uri})",
+                  highlight=False)
     if not args.run:
         return EXIT_OK
     return _resume(argparse.Namespace(run_dir=args.run_dir, trial=None, address=args.address),
@@ -376,7 +393,7 @@ def _fork(args: argparse.Namespace, console: Console) -> int:
 
 
 COMMANDS = {"run": _run, "status": _status, "show": _show, "export": _export, "plot": _plot,
-            "pause": _pause, "resume": _resume, "migrate": _migrate, "fork": _fork,
+            "pause": _pause, "resume": _resume, "migrate": _migrate, "fork": _fork, "extend": _fork,
             "dashboard": _dashboard}
 
 if __name__ == "__main__":

@@ -139,9 +139,14 @@ class TrialContext:
         self._pytree: Optional[Callable[[], Any]] = None
         # Claims the trial's checkpoint directory: a stale worker still running this trial (its
         # node partitioned away and given up on) can no longer write or prune checkpoints there.
+        # where each WSD cooldown begins: always checkpointed and kept (sweep extend forks there)
+        self.branch_points = sorted({step for spec in task.schedule_specs.values()
+                                     if (step := schedules.branch_point(spec)) is not None
+                                     and 0 < step < task.steps})
         self._store = CheckpointStore(task.checkpoint_root, **task.store_options,
                                       owner=f"{socket.gethostname()}:{os.getpid()}:"
-                                            f"{secrets.token_hex(8)}")
+                                            f"{secrets.token_hex(8)}",
+                                      keep_steps=self.branch_points)
         self._unannounced: Optional[dict] = None  # the checkpoint event of a save in flight
         self._last_values: dict[str, float] = {}
         self._recent_reports: list[dict] = []  # since the last checkpoint: saved with the next
@@ -256,7 +261,8 @@ class TrialContext:
             done = step + 1
             self._announce(wait=False)
             interrupt = self._control.interrupt_requested(self.number)
-            if done < self.task.steps and (done % every == 0 or interrupt):
+            due = done % every == 0 or done in self.branch_points or interrupt
+            if done < self.task.steps and due:
                 self.checkpoint(done)
             if interrupt and done < self.task.steps:
                 self._announce(wait=True)  # the driver resumes the trial from this checkpoint

@@ -126,7 +126,8 @@ class Sweep:
         lineage = lineage or {}
         return TrialTask(
             number=trial.number, trainable=self.config.trainable, params=params,
-            schedule_specs=specs, steps=budget.steps, report_every=budget.report_every,
+            schedule_specs=specs, steps=lineage.get("steps", budget.steps),
+            report_every=budget.report_every,
             checkpoint_every=budget.checkpoint_every,
             seed=derive_seed(self.config.seed, lineage.get("seed_trial", trial.number)),
             # nothing in the study names a path: a copied or moved run dir uses its own files
@@ -398,7 +399,7 @@ class Sweep:
     def _take_request(self, request: dict) -> None:
         number, action = int(request["trial"]), request["action"]
         if action == "fork":
-            self._fork(number, int(request["at"]), request["specs"])
+            self._fork(number, int(request["at"]), request["specs"], request.get("steps"))
             return
         life = self.trials.get(number)
         if life is None:
@@ -414,7 +415,7 @@ class Sweep:
         self._apply(life, lc.Control(action, placement))
         self._save_paused()
 
-    def _fork(self, parent: int, step: int, specs: dict) -> None:
+    def _fork(self, parent: int, step: int, specs: dict, steps: Optional[int] = None) -> None:
         """A new trial (beyond n_trials) that continues trial ``parent`` from its checkpoint at
         ``step`` with ``specs`` (checked by ``sweep fork`` to agree with the parent's before it).
 
@@ -433,6 +434,8 @@ class Sweep:
         lineage = {"trial": parent, "step": step, "checkpoint": source,
                    "digest": self.root.checkpoint_digest(source),
                    "seed_trial": parent_lineage.get("seed_trial", parent)}
+        if steps is not None or "steps" in parent_lineage:  # an extension, or a fork of one
+            lineage["steps"] = int(steps if steps is not None else parent_lineage["steps"])
         params = frozen.user_attrs["params"]
         target = f"{RunDir.checkpoint_dir(trial.number)}/ckpt-{step:09d}.arrow"
         self.root.copy(source, target)

@@ -67,3 +67,42 @@ def plan_fork(run: RunDir, parent: int, parent_specs: Mapping[str, Any], at: int
                             f"at step {differs}, before the fork step {at}: the child would not "
                             f"continue its parent's past")
     return {name: schedules.from_spec(spec).spec() for name, spec in specs.items()}
+
+
+def plan_extend(run: RunDir, parent: int, parent_specs: Mapping[str, Any], budget: int,
+                steps: int) -> tuple[dict[str, Any], int]:
+    """A completed trial continued to ``steps``: (the child's specs, the step it forks from).
+
+    Every WSD keeps its cooldown, moved to the new end; the fork starts at the earliest branch
+    point (kept for every WSD trial). Any other schedule must already be constant from there on,
+    else extending would change what it did.
+    """
+    if steps <= budget:
+        raise ForkError(f"--steps {steps}: expected more than trial {parent}'s budget ({budget})")
+    points = {name: schedules.branch_point(spec) for name, spec in parent_specs.items()}
+    starts = [p for p in points.values() if p is not None]
+    if not starts:
+        kinds = ", ".join(f"hyperparams.{n} is a {s['kind']}" for n, s in parent_specs.items()
+                          if s.get("kind") != "constant") or "no schedule at all"
+        raise ForkError(f"trial {parent} has no wsd schedule to extend ({kinds}); a decay that "
+                        f"ends at step {budget} cannot be extended without changing its past")
+    at = min(starts)
+    specs = {}
+    for name, spec in parent_specs.items():
+        if points[name] is not None:
+            specs[name] = schedules.extend(spec, steps - budget)
+            continue
+        values = schedules.from_spec(spec).values(at, steps)
+        if (values != values[0]).any():
+            raise ForkError(f"hyperparams.{name}: a {spec['kind']} schedule still changes after "
+                            f"step {at}; it cannot be extended without changing its past")
+        specs[name] = dict(spec)
+    if at not in checkpoint_steps(run, parent):
+        raise ForkError(f"trial {parent} has no checkpoint at its branch point {at} (a trial run "
+                        f"before branch points were kept?)")
+    for name, spec in specs.items():
+        differs = schedules.first_difference(parent_specs[name], spec, at)
+        if differs is not None:  # cannot happen for a wsd; guards the rule above
+            raise ForkError(f"hyperparams.{name}: the extension differs from trial {parent}'s "
+                            f"at step {differs}, before its branch point {at}")
+    return specs, at

@@ -22,7 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 from schedules._kinds import KINDS, AnySpec, ReduceOnPlateau, Schedule
 
 __all__ = ["KINDS", "ReduceOnPlateau", "Schedule", "ScheduleError", "from_spec", "as_schedule",
-           "first_difference", "CHUNK"]
+           "first_difference", "CHUNK", "branch_point", "extend"]
 
 
 class ScheduleError(ValueError):
@@ -100,3 +100,33 @@ def first_difference(old: Any, new: Any, until: int) -> int | None:
         if differ.size:
             return start + int(differ[0])
     return None
+
+
+def branch_point(spec: Any) -> int | None:
+    """The step a WSD cooldown begins (alone or as the last part of a ``join``), or None.
+
+    Before it the schedule is its stable phase: a run extended to a longer budget forks there
+    and places the same cooldown at its new end.
+    """
+    schedule = as_schedule(spec)
+    data = schedule.spec()
+    if data["kind"] == "wsd":
+        return int(data["warmup_steps"] + data["stable_steps"])
+    if data["kind"] == "join" and data["schedules"]:
+        inner = branch_point(data["schedules"][-1])
+        return None if inner is None else int(data["boundaries"][-1]) + inner
+    return None
+
+
+def extend(spec: Any, by: int) -> dict[str, Any]:
+    """A WSD (alone or last in a ``join``) whose stable phase is ``by`` steps longer: the same
+    cooldown, ``by`` steps later. ScheduleError for a schedule that has no stable phase to grow."""
+    data = as_schedule(spec).spec()
+    if data["kind"] == "wsd":
+        return from_spec({**data, "stable_steps": data["stable_steps"] + by}).spec()
+    if data["kind"] == "join" and data["schedules"] and branch_point(spec) is not None:
+        parts = list(data["schedules"])
+        parts[-1] = extend(parts[-1], by)
+        return from_spec({**data, "schedules": parts}).spec()
+    raise ScheduleError(f"a {data['kind']} schedule cannot be extended without changing its "
+                        f"past (only a wsd has a stable phase a longer run continues)")

@@ -135,3 +135,50 @@ def test_a_jax_fork_with_a_longer_stable_phase_continues_its_parent_exactly(tmp_
     rows = lambda n, lo, hi: [r[1:] for r in history if r[0] == n and lo < r[1] <= hi]  # noqa: E731
     assert rows(1, 40, 70) == rows(0, 40, 70)  # the same run until the parent's cooldown
     assert rows(1, 80, 120) != rows(0, 80, 120)  # then the child stays at its peak
+
+
+def _wsd_data(run_dir, steps, stable):
+    return _data(run_dir, "examples.digits_torch:train",
+                 budget={"steps": steps, "report_every": 10, "checkpoint_every": 40},
+                 hyperparams={"learning_rate": {**WSD, "peak_value": 5e-3, "stable_steps": stable},
+                              "weight_decay": 1e-4, "b1": 0.9})
+
+
+def test_sweep_extend_of_a_wsd_trial_equals_a_trial_planned_for_the_longer_budget(tmp_path,
+                                                                                   capsys):
+    from runner.cli import main
+
+    import yaml
+
+    run_dir = tmp_path / "run"
+    data = _wsd_data(run_dir, 120, 80)  # cooldown from the branch point 90 to 120
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(data))
+    Sweep(parse_config(data, "x.yaml")).run()
+    # the branch point is kept whatever the retention (keep_last 2: 80 and 120 otherwise)
+    assert 90 in [int(p.stem[5:]) for p in (run_dir / "checkpoints/trial-00000").glob("*.arrow")]
+    capsys.readouterr()
+    assert main(["extend", str(run_dir), "0", "--steps", "240", "--run"]) == 0
+    assert "trial 0: extend from step 90 runs when the sweep does" in capsys.readouterr().out
+    twin = tmp_path / "twin"
+    Sweep(parse_config(_wsd_data(twin, 240, 200), "twin.yaml")).run()
+    history, applied, states, trials = _outcome(run_dir)
+    assert trials[1]["parent"] == 0 and trials[1]["parent_step"] == 90
+    assert states[1] == _outcome(twin)[2][0]  # the same value, bit for bit
+    after = lambda rows, n: [r[1:] for r in rows if r[0] == n and r[1] > 90]  # noqa: E731
+    assert after(history, 1) == after(_outcome(twin)[0], 0)
+    assert after(applied, 1) == after(_outcome(twin)[1], 0)
+
+
+def test_extend_refuses_what_it_cannot_extend(parent_run, capsys):
+    from runner.cli import main
+
+    run = RunDir(str(parent_run))
+    cosine = {"learning_rate": {"kind": "cosine_decay", "init_value": 1e-3, "decay_steps": 120}}
+    with pytest.raises(ForkError, match=r"no wsd schedule to extend \(hyperparams.learning_rate "
+                                        r"is a cosine_decay\); a decay that ends at step 120"):
+        from runner.lineage import plan_extend
+
+        plan_extend(run, 0, cosine, 120, 240)
+    with pytest.raises(ForkError, match="expected more than trial 0's budget"):
+        plan_extend(run, 0, _specs(parent_run, 0), 120, 100)

@@ -19,7 +19,7 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
@@ -254,7 +254,8 @@ class CheckpointStore:
 
     def __init__(self, root: str, *, keep_last: int = 2, keep_best: int = 0,
                  metric: str | None = None, mode: str = "min", async_save: bool = False,
-                 max_pending_bytes: int | None = None, owner: str | None = None) -> None:
+                 max_pending_bytes: int | None = None, owner: str | None = None,
+                 keep_steps: Iterable[int] = ()) -> None:
         if keep_last < 1:
             raise ValueError("keep_last must be at least 1: the newest checkpoint is always kept")
         if keep_best < 0 or (keep_best and not metric):
@@ -264,6 +265,7 @@ class CheckpointStore:
         self.root = os.fspath(root)
         self._fs, self._path = _resolve(self.root)
         self._keep_last, self._keep_best, self._metric, self._mode = keep_last, keep_best, metric, mode
+        self._keep_steps = frozenset(keep_steps)  # never pruned: branch points forks start from
         self._max_pending = max_pending_bytes
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-save") \
             if async_save else None
@@ -393,7 +395,7 @@ class CheckpointStore:
                 readable[step] = self._peek(step)
             except (CheckpointError, FileNotFoundError):
                 pass
-        keep = {saved, *sorted(readable)[-self._keep_last:]}
+        keep = {saved, *sorted(readable)[-self._keep_last:], *self._keep_steps}
         if self._keep_best:
             sign = 1 if self._mode == "min" else -1
             scored = [(sign * v, -s) for s, v in readable.items() if v is not None]
