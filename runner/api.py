@@ -58,6 +58,9 @@ def execute(config: SweepConfig, address: Optional[str], console: Console,
     from runner.report import print_summary, write_best
     from runner.rundir import RunDir
 
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress output says it all
     loggers = build_loggers(config.loggers, source)  # before Ray starts: a mistake costs nothing
     objective = config.objectives[0]
     run_dir = config.run_dir()
@@ -180,6 +183,8 @@ class Result:
         from runner.rundir import RunDir
 
         self.run_dir = run_dir
+        if not RunDir(run_dir).is_dir():
+            raise FileNotFoundError(f"{run_dir}: not a run dir (no such directory)")
         records = RunRecords(run_dir)
         self.trials = _frame(records.read("trials"), ["number"])
         self.history = _frame(records.read("history"), ["trial", "step", "metric"])

@@ -349,7 +349,11 @@ def _dashboard(args: argparse.Namespace, console: Console) -> int:
         raise UsageError(f"{run.uri}: no study yet (no study.journal)")
     console.print(f"optuna-dashboard for study {config.name}: http://127.0.0.1:{args.port}/ "
                   f"(Ctrl-C to stop)", highlight=False)
-    optuna_dashboard.run_server(storage(config), host="127.0.0.1", port=args.port)
+    try:
+        optuna_dashboard.run_server(storage(config), host="127.0.0.1", port=args.port)
+    except OSError as exc:
+        raise UsageError(f"--port {args.port}: cannot listen on 127.0.0.1 ({exc.strerror}); "
+                         f"choose another port") from None
     return EXIT_OK
 
 
@@ -357,8 +361,8 @@ def _fork(args: argparse.Namespace, console: Console) -> int:
     """Check the fork here (one line if it cannot continue its parent exactly), then hand it to
     the live driver, or leave it for the stopped sweep's next run."""
     from runner.control import ControlChannel
-    from runner.lineage import ForkError, plan_extend, plan_fork
-    from runner.report import find_trial
+    from runner.lineage import ForkError, fork_notes, fork_problems, plan_extend, plan_fork
+    from runner.report import find_trial, run_config
 
     run = _run_dir(args.run_dir)
     info = find_trial(run, args.trial)
@@ -373,8 +377,13 @@ def _fork(args: argparse.Namespace, console: Console) -> int:
                                     args.steps)
             extra = {"steps": args.steps}
         else:
+            budget = int(info.row["last_step"]) if info.state == "COMPLETE" \
+                else run_config(run).budget.steps
+            fork_problems(args.at, budget)
             specs, at, extra = plan_fork(run, args.trial, info.schedules, args.at, args.set), \
                 args.at, {}
+            for note in fork_notes(specs, budget):
+                console.print(note, highlight=False, markup=False)
     except ForkError as exc:
         raise UsageError(f"{run.uri}: {exc}") from None
     channel = ControlChannel(run)
@@ -384,10 +393,11 @@ def _fork(args: argparse.Namespace, console: Console) -> int:
         console.print(f"trial {args.trial}: {what} requested from the running sweep",
                       highlight=False)
         return EXIT_OK
-    console.print(f"trial {args.trial}: {what} runs when the sweep does (sweep resume {run.uri})",
-                  highlight=False)
     if not args.run:
+        console.print(f"trial {args.trial}: {what} runs when the sweep does (sweep resume "
+                      f"{run.uri}, or --run)", highlight=False)
         return EXIT_OK
+    console.print(f"trial {args.trial}: {what}: resuming the sweep to run it", highlight=False)
     return _resume(argparse.Namespace(run_dir=args.run_dir, trial=None, address=args.address),
                    console)
 

@@ -51,6 +51,11 @@ class ControlChannel:
             self.run.delete(relative)
         return taken
 
+    def pending(self) -> list[dict]:
+        """The requests no driver has taken yet (left as they are)."""
+        return [r for r in (self.run.read_json(p, None) for p in self.run.list("control", ".json"))
+                if r is not None]
+
     def paused(self) -> set[int]:
         return set(self.run.read_json("paused.json", []))
 

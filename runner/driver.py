@@ -184,7 +184,8 @@ class Sweep:
         if specs is None or params is None:  # asked but never launched: nothing to resume
             self.study.tell(frozen.number, state=TrialState.FAIL)
             return
-        study_lib.check_unchanged(self.config, frozen, specs)
+        if "parent" not in frozen.user_attrs:  # a fork was not sampled: its checkpoints vouch
+            study_lib.check_unchanged(self.config, frozen, specs)
         trial = optuna.Trial(self.study, frozen._trial_id)
         owner = frozen.system_attrs.get("driver")
         study_lib.set_trial_system_attr(trial, "driver", self.driver_id)

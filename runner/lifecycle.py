@@ -9,6 +9,7 @@ so it can be tested by driving event sequences without a cluster.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -324,6 +325,10 @@ class Lifecycle:
         missing = [m for m in self.rules.objectives if m not in event.values]
         if missing:
             return self._fail(f"trainable never reported objective metric {missing[0]!r}", "",
+                              [ReleaseWorker()])
+        bad = [m for m in self.rules.objectives if not math.isfinite(event.values[m])]
+        if bad:  # Optuna records such a trial as FAIL: so does everything else
+            return self._fail(f"objective metric {bad[0]!r} is {event.values[bad[0]]}", "",
                               [ReleaseWorker()])
         self.values = dict(event.values)
         self.checkpoint = event.checkpoint or self.checkpoint

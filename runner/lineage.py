@@ -106,3 +106,22 @@ def plan_extend(run: RunDir, parent: int, parent_specs: Mapping[str, Any], budge
             raise ForkError(f"hyperparams.{name}: the extension differs from trial {parent}'s "
                             f"at step {differs}, before its branch point {at}")
     return specs, at
+
+
+def fork_problems(at: int, budget: int) -> None:
+    """A fork at the end of the budget has nothing left to run."""
+    if at >= budget:
+        raise ForkError(f"step {at} is the end of the trial's budget ({budget}): nothing left to "
+                        f"run (sweep extend continues a finished wsd trial to a longer budget)")
+
+
+def fork_notes(specs: Mapping[str, Any], budget: int) -> list[str]:
+    """What a fork will do that its user may not expect: a cooldown moved past the budget."""
+    notes = []
+    for name, spec in specs.items():
+        start = schedules.branch_point(spec)
+        if start is not None and start >= budget:
+            notes.append(f"note: hyperparams.{name}'s cooldown now starts at step {start}, not "
+                         f"before the budget ({budget}): this fork never cools down (sweep "
+                         f"extend gives a finished trial a longer budget)")
+    return notes

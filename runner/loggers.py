@@ -101,8 +101,7 @@ class LogFanout:
         self.thread = threading.Thread(target=self._drain, name="sweep-loggers", daemon=True)
 
     def __enter__(self) -> "LogFanout":
-        self._each(lambda lg: lg.open(self.run_dir, self.config))
-        self.thread.start()
+        self.thread.start()  # opens the loggers there: a slow tracking server never holds the sweep
         return self
 
     def __exit__(self, *exc) -> None:
@@ -119,6 +118,7 @@ class LogFanout:
             self.events.put((kind, info, time.time()))
 
     def _drain(self) -> None:
+        self._each(lambda lg: lg.open(self.run_dir, self.config))
         flushed = time.monotonic()
         while True:
             try:
@@ -284,6 +284,9 @@ class MLflowLogger(Logger):
     repeat identical values, so steps already logged are not logged again."""
 
     def __init__(self, tracking_uri: Optional[str] = None, experiment: Optional[str] = None) -> None:
+        # MLflow retries an unreachable server for minutes by default; the user's settings win
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri)

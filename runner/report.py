@@ -106,7 +106,12 @@ def print_progress(console: Console, run_dir: str) -> None:
                       f"{', '.join(map(str, stopped))}", highlight=False)
     if paused:
         console.print(f"paused trials: {', '.join(map(str, paused))}", highlight=False)
-    if paused or stopped:
+    forks = [r for r in channel.pending() if r.get("action") == "fork"]
+    for request in forks:
+        budget = f", to {request['steps']} steps" if request.get("steps") else ""
+        console.print(f"pending fork of trial {request['trial']} from step {request['at']}"
+                      f"{budget}", highlight=False)
+    if paused or stopped or forks:
         console.print(f"continue with: sweep resume {run_dir}", highlight=False)
 
 

@@ -91,6 +91,14 @@ def _options(path: str, value: Mapping) -> list:
     return options
 
 
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _bounds(path: str, kind: str, value: Mapping) -> tuple[float, float]:
     extra = set(value) - {kind} - (_INT_OPTIONS if kind == "int" else set())
     if extra:
@@ -98,7 +106,11 @@ def _bounds(path: str, kind: str, value: Mapping) -> tuple[float, float]:
     bounds = value[kind]
     if not _is_bounds(bounds) or (kind == "int" and not all(isinstance(b, int) for b in bounds)):
         what = "two integers" if kind == "int" else "two numbers"
-        raise DistributionError(f"{path}.{kind}: expected a list of {what} [low, high], got {bounds!r}")
+        texts = [b for b in bounds if isinstance(b, str)] if isinstance(bounds, list) else []
+        hint = (f" (YAML reads {texts[0]} as text, not a number: write it with a decimal point, "
+                f"such as 1.0e-3)" if texts and _numeric(texts[0]) else "")
+        raise DistributionError(f"{path}.{kind}: expected a list of {what} [low, high], got "
+                                f"{bounds!r}{hint}")
     low, high = bounds
     if not low < high:
         raise DistributionError(f"{path}.{kind}: expected low < high, got [{low}, {high}]")

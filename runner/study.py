@@ -53,8 +53,12 @@ def sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
     seed = config.search.seed
     kind = config.search.sampler
     if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                          constant_liar=config.max_concurrent > 1)
+        import warnings
+
+        with warnings.catch_warnings():  # group and constant_liar are "experimental" since 2020
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                              constant_liar=config.max_concurrent > 1)
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "cmaes":

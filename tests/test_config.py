@@ -253,3 +253,13 @@ def test_an_invalid_corner_of_the_space_says_which_end(tmp_path):
     with pytest.raises(ConfigError, match=r"with every range of hyperparams.learning_rate at its "
                                           r"high end\)$"):
         load_config(path)
+
+
+def test_a_number_yaml_reads_as_text_gets_a_hint(tmp_path):
+    text = yaml.safe_dump(GOOD).replace("- 0.0001\n      - 0.1", "- 1e-4\n      - 1e-1")
+    data = yaml.safe_load(text)
+    data["params"] = {"lr2": {"loguniform": ["1e-4", "1e-1"]}}
+    path = tmp_path / "text.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"YAML reads 1e-4 as text, not a number"):
+        load_config(path)

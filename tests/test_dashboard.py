@@ -62,3 +62,16 @@ def test_without_the_extra_it_is_a_one_line_hint(run_dir, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err == "sweep: sweep dashboard needs optuna-dashboard: " \
                   "pip install 'sweep-runner[dashboard]'\n"
+
+
+def test_a_port_in_use_is_one_line(run_dir, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["dashboard", run_dir, "--port", str(port)]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after the web server's own banner
+    assert last == f"sweep: --port {port}: cannot listen on 127.0.0.1 (Address already in use); " \
+                   f"choose another port"

@@ -51,6 +51,12 @@ def test_done_without_the_objective_fails():
     assert lc.Tell(State.FAILED) in actions and lc.ReleaseWorker() in actions
 
 
+def test_a_non_finite_objective_fails_as_optuna_records_it():
+    life = _running()
+    life.handle(lc.Done({"loss": float("nan")}))
+    assert life.state == State.FAILED and life.error == "objective metric 'loss' is nan"
+
+
 def test_pruned_is_told_as_pruned():
     life = _running()
     assert lc.Tell(State.PRUNED) in life.handle(lc.Pruned("pruned at step 10"))

@@ -170,9 +170,7 @@ def test_sweep_extend_of_a_wsd_trial_equals_a_trial_planned_for_the_longer_budge
     assert after(applied, 1) == after(_outcome(twin)[1], 0)
 
 
-def test_extend_refuses_what_it_cannot_extend(parent_run, capsys):
-    from runner.cli import main
-
+def test_extend_refuses_what_it_cannot_extend(parent_run):
     run = RunDir(str(parent_run))
     cosine = {"learning_rate": {"kind": "cosine_decay", "init_value": 1e-3, "decay_steps": 120}}
     with pytest.raises(ForkError, match=r"no wsd schedule to extend \(hyperparams.learning_rate "
@@ -182,3 +180,44 @@ def test_extend_refuses_what_it_cannot_extend(parent_run, capsys):
         plan_extend(run, 0, cosine, 120, 240)
     with pytest.raises(ForkError, match="expected more than trial 0's budget"):
         plan_extend(run, 0, _specs(parent_run, 0), 120, 100)
+
+
+def test_a_fork_stopped_mid_run_resumes_and_still_equals_its_parent(tmp_path, capsys):
+    """A stranger's find: a fork interrupted mid-run was refused by every later resume (it has
+    no sampled params for the config check)."""
+    import yaml
+
+    from runner.cli import main
+
+    run_dir = tmp_path / "run"
+    data = _data(run_dir, "examples.digits_torch:train",
+                 hyperparams={"learning_rate": WSD, "weight_decay": 1e-4},
+                 checkpoint={"keep_last": 10})
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(data))
+    Sweep(parse_config(data, "s.yaml")).run()
+    assert main(["fork", str(run_dir), "0", "--at", "40"]) == 0
+    capsys.readouterr()
+    assert main(["status", str(run_dir)]) == 0
+    assert "pending fork of trial 0 from step 40" in capsys.readouterr().out
+    holder = {}
+
+    def stop_the_fork(kind, info):
+        if kind == "report" and info["number"] == 1 and info["step"] >= 70 and "s" in holder:
+            holder.pop("s").stop()
+
+    sweep = Sweep(parse_config(data, "s.yaml"), on_event=stop_the_fork)
+    holder["s"] = sweep
+    sweep.run()
+    assert 1 not in _outcome(run_dir)[3]  # stopped mid-run
+    assert main(["resume", str(run_dir)]) == 0
+    history, _, states, trials = _outcome(run_dir)
+    assert states[1] == states[0] and trials[1]["restarts"] == 1
+    after = lambda rows, n: [r[1:] for r in rows if r[0] == n and r[1] > 40]  # noqa: E731
+    assert after(history, 1) == after(history, 0)
+    # a fork at the end of the budget, and one whose cooldown leaves the budget, are told so
+    assert main(["fork", str(run_dir), "0", "--at", "120"]) == 2
+    assert "nothing left to run" in capsys.readouterr().err
+    assert main(["fork", str(run_dir), "0", "--at", "80",
+                 "--set", "hyperparams.learning_rate.stable_steps=500"]) == 0
+    assert "this fork never cools down" in capsys.readouterr().out

@@ -233,3 +233,23 @@ def test_a_bad_logger_is_one_line_naming_the_file_and_key(tmp_path, capsys, logg
     err = capsys.readouterr().err
     assert err.startswith(f"sweep: {path}: {message}") and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()
+
+
+class Opening(Logger):
+    """Records which thread opens it: a slow open (an unreachable server) must not be the
+    driver's."""
+
+    def open(self, run_dir, config) -> None:
+        import threading
+
+        OPENED_WHILE.append(threading.current_thread().name)
+
+
+OPENED_WHILE: list = []
+
+
+def test_loggers_are_opened_off_the_drivers_thread(tmp_path):
+    """A stranger's find: an unreachable MLflow server held the sweep for minutes at start."""
+    with LogFanout([Opening()], str(tmp_path), None):
+        pass
+    assert OPENED_WHILE == ["sweep-loggers"]
