@@ -222,6 +222,9 @@ def show_trial(console: Console, run_dir: str, number: int) -> bool:
     if info is not None and info.row is not None and info.row["error"]:
         console.print(f"error: {info.row['error']} (traceback: the study trial's 'traceback' "
                       f"user attribute)", highlight=False)
+    if info is not None and info.row is not None and info.row.get("parent") is not None:
+        console.print(f"forked from trial {info.row['parent']} at step {info.row['parent_step']}",
+                      highlight=False)
     if info is not None and info.row is not None and info.row.get("checkpoint"):
         console.print(f"final checkpoint: {run.uri_of(info.row['checkpoint'])}", highlight=False)
     metrics = sorted(set(history.column("metric").to_pylist()))

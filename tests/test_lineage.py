@@ -211,6 +211,9 @@ def test_a_fork_stopped_mid_run_resumes_and_still_equals_its_parent(tmp_path, ca
     sweep.run()
     assert 1 not in _outcome(run_dir)[3]  # stopped mid-run
     assert main(["resume", str(run_dir)]) == 0
+    capsys.readouterr()
+    assert main(["show", str(run_dir), "1"]) == 0
+    assert "forked from trial 0 at step 40" in capsys.readouterr().out
     history, _, states, trials = _outcome(run_dir)
     assert states[1] == states[0] and trials[1]["restarts"] == 1
     after = lambda rows, n: [r[1:] for r in rows if r[0] == n and r[1] > 40]  # noqa: E731
