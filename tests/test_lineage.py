@@ -159,7 +159,7 @@ def test_sweep_extend_of_a_wsd_trial_equals_a_trial_planned_for_the_longer_budge
     assert 90 in [int(p.stem[5:]) for p in (run_dir / "checkpoints/trial-00000").glob("*.arrow")]
     capsys.readouterr()
     assert main(["extend", str(run_dir), "0", "--steps", "240", "--run"]) == 0
-    assert "trial 0: extend from step 90 runs when the sweep does" in capsys.readouterr().out
+    assert "trial 0: extend from step 90: resuming the sweep to run it" in capsys.readouterr().out
     twin = tmp_path / "twin"
     Sweep(parse_config(_wsd_data(twin, 240, 200), "twin.yaml")).run()
     history, applied, states, trials = _outcome(run_dir)
