@@ -57,22 +57,23 @@ def _parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="PNG plots: history, curves, best schedules")
     plot.add_argument("run_dir")
     plot.add_argument("--out", help="output directory (default: RUN_DIR/plots)")
-    fork = commands.add_parser("fork", help="a new trial continuing TRIAL from its checkpoint "
-                                            "at STEP, with schedules that agree before STEP")
-    fork.add_argument("run_dir")
-    fork.add_argument("trial", type=int)
-    fork.add_argument("--at", type=int, required=True, help="the checkpoint step to fork from")
-    fork.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="hyperparams.NAME.FIELD=VALUE for the child's schedule (repeatable)")
-    fork.add_argument("--run", action="store_true", help="on a stopped sweep: run it now")
-    fork.add_argument("--address", help="Ray cluster for --run (default: local)")
-    extend = commands.add_parser("extend", help="continue a COMPLETE wsd trial to a budget of N "
-                                                "steps as a new trial (the same cooldown, later)")
-    extend.add_argument("run_dir")
-    extend.add_argument("trial", type=int)
-    extend.add_argument("--steps", type=int, required=True, help="the new budget")
-    extend.add_argument("--run", action="store_true", help="on a stopped sweep: run it now")
-    extend.add_argument("--address", help="Ray cluster for --run (default: local)")
+    children = {
+        "fork": "a new trial continuing TRIAL from its checkpoint at STEP, with schedules that "
+                "agree before STEP",
+        "extend": "continue a COMPLETE wsd trial to a budget of N steps as a new trial (the same "
+                  "cooldown, later)"}
+    for name, text in children.items():  # both ask the driver for a child trial
+        child = commands.add_parser(name, help=text)
+        child.add_argument("run_dir")
+        child.add_argument("trial", type=int)
+        child.add_argument("--run", action="store_true", help="on a stopped sweep: run it now")
+        child.add_argument("--address", help="Ray cluster for --run (default: local)")
+        if name == "fork":
+            child.add_argument("--at", type=int, required=True, help="the checkpoint step")
+            child.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                               help="hyperparams.NAME.FIELD=VALUE for the child (repeatable)")
+        else:
+            child.add_argument("--steps", type=int, required=True, help="the new budget")
     dashboard = commands.add_parser("dashboard", help="optuna-dashboard on the run's study")
     dashboard.add_argument("run_dir")
     dashboard.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")

@@ -30,6 +30,7 @@ from runner import study as study_lib
 from runner.config import SweepConfig
 from runner.context import TrialTask, derive_seed
 from runner.control import ControlChannel
+from runner.lineage import checkpoint_steps
 from runner.records import RunRecords, history_rows, to_json
 from runner.rundir import RunDir
 from runner.space import realize
@@ -196,7 +197,8 @@ class Sweep:
         life.told_steps = set(frozen.intermediate_values)
         life.counts.update(frozen.user_attrs.get("counts", {}))
         life.restart_log = list(frozen.user_attrs.get("restart_log", []))
-        life.checkpoint_step = self._latest_checkpoint(frozen.number)
+        # what it resumes from, unless that file turns out unreadable
+        life.checkpoint_step = max(checkpoint_steps(self.root, frozen.number), default=0)
         life.node_id = frozen.user_attrs.get("node_id", "")
         stopped = study_lib.heartbeats(self.study).get(owner, {}).get("stopped")
         life.resumed_by_new_driver("sweep resumed" if stopped else "driver lost", time.time())
@@ -209,12 +211,6 @@ class Sweep:
                                              started, lineage=lineage)
         self._save_attrs(life)
         self.on_event("adopted", {"number": frozen.number, "paused": frozen.number in paused})
-
-    def _latest_checkpoint(self, number: int) -> int:
-        """The step of a trial's newest checkpoint file (0 if none): what it resumes from, unless
-        that file turns out unreadable."""
-        files = self.root.list(RunDir.checkpoint_dir(number), ".arrow")
-        return max((int(f.rsplit("ckpt-", 1)[1].split(".")[0]) for f in files), default=0)
 
     # --- carrying out a lifecycle's actions ----------------------------------------------------
 

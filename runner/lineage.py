@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 import schedules
+from runner.checkpoint import CHECKPOINT_NAME
 from runner.rundir import RunDir
 
 
@@ -20,9 +21,10 @@ class ForkError(ValueError):
 
 
 def checkpoint_steps(run: RunDir, number: int) -> list[int]:
-    """The steps trial ``number`` has checkpoints at."""
-    files = run.list(RunDir.checkpoint_dir(number), ".arrow")
-    return sorted(int(f.rsplit("ckpt-", 1)[1].split(".")[0]) for f in files)
+    """The steps trial ``number`` has checkpoint files at (named as the checkpoint store names
+    them; unverified), without opening a store (which would claim the directory)."""
+    names = (f.rsplit("/", 1)[-1] for f in run.list(RunDir.checkpoint_dir(number), ".arrow"))
+    return sorted(int(m[1]) for name in names if (m := CHECKPOINT_NAME.fullmatch(name)))
 
 
 def apply_sets(specs: Mapping[str, Any], sets: Sequence[str]) -> dict[str, Any]:

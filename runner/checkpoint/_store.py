@@ -32,7 +32,7 @@ from runner.checkpoint._tree import build, check_json, flatten, restore_like, sn
 
 logger = logging.getLogger("runner.checkpoint")
 
-_NAME_RE = re.compile(r"ckpt-(\d+)\.arrow")
+CHECKPOINT_NAME = re.compile(r"ckpt-(\d+)\.arrow")  # a checkpoint file's name; group 1: its step
 _OWNER_FILE = "owner.json"
 _TEMP_RE = re.compile(
     r"\.(?:ckpt-\d+\.arrow|owner\.json)\.tmp-(?P<host>.*)-(?P<pid>\d+)-[0-9a-f]{8}")
@@ -341,7 +341,7 @@ class CheckpointStore:
         """Steps with a checkpoint file, oldest first (unverified: see `latest`)."""
         infos = self._fs.get_file_info(pafs.FileSelector(self._path, allow_not_found=True))
         return sorted(int(m[1]) for info in infos
-                      if info.type == pafs.FileType.File and (m := _NAME_RE.fullmatch(info.base_name)))
+                      if info.type == pafs.FileType.File and (m := CHECKPOINT_NAME.fullmatch(info.base_name)))
 
     def save(self, step: int, state: Any, metadata: Mapping[str, Any] | None = None,
              metrics: Mapping[str, float] | None = None) -> str:
