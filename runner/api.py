@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 import yaml
 from rich.console import Console
 
-from runner.config import ConfigError, SweepConfig, load_config, parse_config
+from runner.config import ConfigError, SweepConfig, check_imports, load_config, parse_config
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,8 +28,8 @@ ConfigLike = Union[str, "os.PathLike[str]", Mapping[str, Any], SweepConfig]
 
 
 class SweepFailed(RuntimeError):
-    """The first trials all failed with the same error: the sweep stopped instead of burning its
-    budget (fix it, then resume)."""
+    """The sweep stopped early: the first trials all failed with the same error (it stopped
+    instead of burning its budget), or the strategy raised. Fix it, then resume."""
 
 
 @dataclass
@@ -78,8 +78,8 @@ def execute(config: SweepConfig, address: Optional[str], console: Console,
             summary = sweep.run()
     print_summary(console, run_dir)
     if sweep.abort_reason:
-        print(f"sweep: stopped early: the first trials all failed with: {sweep.abort_reason} "
-              f"(fix it, then: sweep resume {run_dir})", file=sys.stderr)
+        print(f"sweep: stopped early: {sweep.abort_reason} (fix it, then: sweep resume "
+              f"{run_dir})", file=sys.stderr)
         return Outcome(EXIT_RUNTIME, run_dir, sweep.abort_reason)
     if sweep.stop_requested:
         console.print(f"stopped; continue with: sweep resume {run_dir}", highlight=False)
@@ -115,8 +115,7 @@ def run(config: ConfigLike, *, n_trials: Optional[int] = None,
     _check_unchanged(resolved)
     outcome = execute(resolved, address, console or Console(), config_text=text, source=source)
     if outcome.abort_reason:
-        raise SweepFailed(f"the first trials all failed with: {outcome.abort_reason} "
-                          f"(fix it, then run again: the sweep resumes)")
+        raise SweepFailed(f"{outcome.abort_reason} (fix it, then run again: the sweep resumes)")
     return Result(outcome.run_dir)
 
 
@@ -138,7 +137,7 @@ def _resolve(config: ConfigLike, overrides: Mapping[str, Any]) -> tuple[SweepCon
     for path, value in overrides.items():
         _set(config, path, value, source)
     resolved = parse_config(config, source)
-    _check_trainable(resolved, source)
+    check_imports(resolved, source)
     return resolved, yaml.safe_dump(config, sort_keys=False), source
 
 
@@ -150,15 +149,6 @@ def _set(data: dict, path: str, value: Any, source: str) -> None:
             raise ConfigError(f"{source}: {path}: cannot override inside {key!r}, not a mapping")
         data = child
     data[last] = value
-
-
-def _check_trainable(config: SweepConfig, source: str) -> None:
-    from runner.context import TrainableError, resolve_trainable
-
-    try:
-        resolve_trainable(config.trainable)
-    except TrainableError as exc:
-        raise ConfigError(f"{source}: trainable: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -240,8 +240,7 @@ def _dry_run(config: SweepConfig, console: Console) -> int:
         console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    console.print(f"[bold]{config.name}[/]: {config.trainable}, {config.search.n_trials} trials, "
-                  f"sampler {config.search.sampler}, pruner {config.pruner.kind}, "
+    console.print(f"[bold]{config.name}[/]: {config.trainable}, {_search_line(config)}, "
                   f"max_concurrent {config.max_concurrent}")
     say("search space:")
     for section in ("hyperparams", "params"):
@@ -278,6 +277,13 @@ def _dry_run(config: SweepConfig, console: Console) -> int:
     print(f"sweep: every sampled point gives an invalid schedule, so the sweep would fail every "
           f"trial (e.g. {reason})", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _search_line(config: SweepConfig) -> str:
+    search = config.search
+    if search.strategy != "optuna":
+        return f"strategy {search.strategy}"
+    return f"{search.n_trials} trials, sampler {search.sampler}, pruner {config.pruner.kind}"
 
 
 def _run_dir(path: str) -> "RunDir":

@@ -32,6 +32,16 @@ class ConfigError(ValueError):
     """A config mistake, already phrased as ``file: key.path: what was expected``."""
 
 
+IMPORT_PATH = r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"  # package.module:name
+
+
+def _builtin_or_class(name: str, builtin: Any) -> str:
+    """A built-in's name, or a class by import path (imported later, when it is used)."""
+    if name not in builtin and not re.fullmatch(IMPORT_PATH, name):
+        raise ValueError(f"expected {', '.join(builtin)} or 'package.module:Class'")
+    return name
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
@@ -67,10 +77,56 @@ class Checkpointing(_Strict):
 
 
 class Search(_Strict):
+    """How trials are chosen. Keys beyond these are the strategy's options (its ``Options``)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+    strategy: str = "optuna"
     sampler: Literal["tpe", "random", "cmaes", "gp", "grid", "nsga2", "qmc"] = "tpe"
     seed: Optional[int] = None
-    n_trials: int = Field(ge=1)
+    n_trials: Optional[int] = Field(default=None, ge=1)
     timeout: Optional[float] = Field(default=None, gt=0)
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy_name(cls, name: str) -> str:
+        from runner.strategy import BUILTIN
+
+        return _builtin_or_class(name, BUILTIN)
+
+    @model_validator(mode="after")
+    def _options(self):
+        from runner.strategy import BUILTIN
+
+        if self.strategy in BUILTIN:
+            problem = strategy_options_problem(BUILTIN[self.strategy], self.strategy_options)
+            if problem:
+                raise ValueError(problem)
+        if self.strategy == "optuna" and self.n_trials is None:
+            raise ValueError("n_trials: missing required key")
+        return self
+
+    @property
+    def strategy_options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def strategy_options_problem(cls: type, options: dict[str, Any]) -> Optional[str]:
+    """``key: what was expected`` for options a strategy class does not take, or None."""
+    model = getattr(cls, "Options", None)
+    known = list(Search.model_fields) + list(model.model_fields if model is not None else ())
+    unknown = sorted(options) if model is None else []
+    if model is not None:
+        try:
+            model.model_validate(options)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            if first["type"] != "extra_forbidden":
+                return _format(first, exc.errors())
+            unknown = [str(first["loc"][0])]
+    if not unknown:
+        return None
+    close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
+    return f"{unknown[0]}: unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 class Pruner(_Strict):
@@ -109,9 +165,7 @@ class LoggerConfig(_Strict):
     @field_validator("kind")
     @classmethod
     def _known(cls, kind: str) -> str:
-        if kind not in BUILTIN_LOGGERS and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", kind):
-            raise ValueError(f"expected {', '.join(BUILTIN_LOGGERS)} or 'package.module:Class'")
-        return kind
+        return _builtin_or_class(kind, BUILTIN_LOGGERS)
 
     @model_validator(mode="after")
     def _options(self):
@@ -154,7 +208,7 @@ class SweepConfig(_Strict):
     @field_validator("trainable")
     @classmethod
     def _import_path(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+        if not re.fullmatch(IMPORT_PATH, value):
             raise ValueError(f"expected 'package.module:function', got {value!r}")
         return value
 
@@ -298,13 +352,26 @@ def load_config(path: str | os.PathLike, *, check_trainable: bool = True) -> Swe
         raise ConfigError(f"{source}: {where}invalid YAML ({getattr(exc, 'problem', exc)})") from None
     config = parse_config(data, source)
     if check_trainable:
-        from runner.context import TrainableError, resolve_trainable
-
-        try:
-            resolve_trainable(config.trainable)
-        except TrainableError as exc:
-            raise ConfigError(f"{source}: trainable: {exc}") from None
+        check_imports(config, source)
     return config
+
+
+def check_imports(config: SweepConfig, source: str) -> None:
+    """The trainable and the strategy import, and the strategy takes the options given."""
+    from runner.context import TrainableError, resolve_trainable
+    from runner.strategy import strategy_class
+
+    try:
+        resolve_trainable(config.trainable)
+    except TrainableError as exc:
+        raise ConfigError(f"{source}: trainable: {exc}") from None
+    try:
+        cls = strategy_class(config.search.strategy)
+    except (ImportError, AttributeError, TypeError) as exc:
+        raise ConfigError(f"{source}: search.strategy: {config.search.strategy}: {exc}") from None
+    problem = strategy_options_problem(cls, config.search.strategy_options)
+    if problem:
+        raise ConfigError(f"{source}: search.{problem}")
 
 
 # What may change between runs of one run dir: how much more to run and on what, not what the

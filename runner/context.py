@@ -43,6 +43,15 @@ def resolve_trainable(path: str) -> Callable:
     return fn
 
 
+def resolve_class(path: str, base: type) -> type:
+    """Import ``package.module:Class``, a subclass of ``base`` (a user's logger or strategy)."""
+    module, _, name = path.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"expected a subclass of {base.__module__}.{base.__qualname__}")
+    return cls
+
+
 class TrialPruned(Exception):
     """Raised inside the trainable when the pruner stops the trial; the runner catches it."""
 

@@ -9,6 +9,8 @@ resources: trials beyond what the cluster fits wait in a queue.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import signal
@@ -30,10 +32,12 @@ from runner import study as study_lib
 from runner.config import SweepConfig
 from runner.context import TrialTask, derive_seed
 from runner.control import ControlChannel
-from runner.lineage import checkpoint_steps
+from runner.lineage import ForkError, check_agrees, checkpoint_steps, fork_problems
 from runner.records import RunRecords, history_rows, to_json
 from runner.rundir import RunDir
 from runner.space import realize
+from runner.strategy import (DONE, WAIT, Fork, NewTrial, Resume, Strategy, SweepView, TrialView,
+                             strategy_class)
 from runner.worker import task_payload
 
 log = logging.getLogger("sweep")
@@ -42,6 +46,9 @@ POLL_SECONDS = 1.0  # heartbeats, live.json and the scan for orphaned trials, at
 HEARTBEAT_SECONDS = 10.0
 HEARTBEAT_STALE_SECONDS = 60.0  # a driver silent this long is gone: its trials are resumed
 SAME_FAILURE_TRIALS = 3  # the first trials all failing alike stop the sweep (a typo, not bad luck)
+STRATEGY_STATE_KEY = "strategy"  # the study system attr holding the strategy's state_dict
+STUDY_VIEW_STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
+                     TrialState.FAIL: "failed", TrialState.RUNNING: "running"}
 STUDY_STATES = {lc.State.COMPLETE: TrialState.COMPLETE, lc.State.PRUNED: TrialState.PRUNED,
                 lc.State.FAILED: TrialState.FAIL}
 
@@ -95,15 +102,17 @@ class Sweep:
         self.new_worker = study_lib.worker_factory(config)
         self.deadline = (time.monotonic() + config.search.timeout) if config.search.timeout else None
         self.objectives = [o.metric for o in config.objectives]
-        self.rules = lc.Rules(objectives=tuple(self.objectives),
-                              pruning=config.pruner.kind != "none",
+        self.rules = lc.Rules(objectives=tuple(self.objectives),  # decides: once run() opens
                               max_restarts=config.max_restarts, retries=config.retries)
+        self.strategy: Strategy  # the strategy too
+        self._strategy_state = ""  # its state as last saved (JSON)
         self.trials: dict[int, lc.Lifecycle] = {}
         self.handles: dict[int, Handle] = {}
         self.streams: dict[Any, int] = {}
         self.idle: list[Worker] = []
         self.stop_requested = False
-        self.abort_reason: Optional[str] = None
+        self.abort_reason: Optional[str] = None  # why the sweep stopped early, in one line
+        self.strategy_failed = False
         self.exhausted = False
         self.control = ControlChannel(self.run_dir)
         self.unpause = unpause  # paused trials to resume: None for all
@@ -133,17 +142,20 @@ class Sweep:
             seed=derive_seed(self.config.seed, lineage.get("seed_trial", trial.number)),
             # nothing in the study names a path: a copied or moved run dir uses its own files
             checkpoint_root=self.root.uri_of(RunDir.checkpoint_dir(trial.number)),
-            objective_metrics=self.objectives, wait_for_pruning=self.rules.pruning,
+            objective_metrics=self.objectives, wait_for_pruning=self.rules.decides,
             metadata={"sweep": self.config.name, **({"parent": lineage} if lineage else {})},
             store_options=self.config.store_options())
 
-    def _start_new(self) -> None:
+    def _start_new(self, new: NewTrial) -> None:
         """Ask the study for a trial and queue it; a point whose schedule is invalid fails alone."""
         with study_lib.ask_lock(self.study, self.run_dir):
             trials = self.study.get_trials(deepcopy=False)
-            if sum("parent" not in t.user_attrs for t in trials) >= self.config.search.n_trials:
+            if new.limit is not None and \
+                    sum("parent" not in t.user_attrs for t in trials) >= new.limit:
                 self.exhausted = True  # forks come on top of n_trials: they were not sampled
                 return
+            if new.params:
+                self.study.enqueue_trial(new.params, skip_if_exists=False)
             study_lib.reseed(self.study.sampler, self.config.search.seed, len(trials))
             trial = self.study.ask()
         study_lib.set_trial_system_attr(trial, "driver", self.driver_id)
@@ -220,16 +232,26 @@ class Sweep:
         if life.finished and life not in self.finished_order:
             self.finished_order.append(life)
             self._check_same_failure()
+            self._ask_strategy("finished", self._view(life.number), default=None)
 
     def _do(self, life: lc.Lifecycle, action: lc.Action) -> None:
         handle = self.handles[life.number]
         if isinstance(action, lc.Launch):
             self._launch(handle, action.placement)
-        elif isinstance(action, lc.AskPruner):
+        elif isinstance(action, lc.Decide):
             handle.trial.report(action.value, action.step)
-            prune = handle.trial.should_prune() if action.answer else False
             if action.answer:
-                handle.worker.actor.decide.remote(life.number, prune)
+                metrics = life.reports[action.step]["metrics"]
+                decision = self._ask_strategy("decide", self._view(life.number), action.step,
+                                              metrics, default="continue")
+                if decision not in ("continue", "prune", "pause"):
+                    self._strategy_failed(f"decide() answered {decision!r}; expected "
+                                          f"'continue', 'prune' or 'pause'")
+                    decision = "continue"
+                handle.worker.actor.decide.remote(life.number, decision == "prune")
+                if decision == "pause":
+                    self._apply(life, lc.Control("pause"))
+                    self._save_paused()
         elif isinstance(action, lc.AnswerWorker):
             if handle.worker is not None:
                 handle.worker.actor.decide.remote(life.number, action.prune)
@@ -305,14 +327,114 @@ class Sweep:
     def _check_same_failure(self) -> None:
         """Stop when the first trials all failed with one error: every other would too."""
         first = self.finished_order[:SAME_FAILURE_TRIALS]
-        if (self.config.search.n_trials <= SAME_FAILURE_TRIALS or self.abort_reason
+        n_trials = self.config.search.n_trials
+        if ((n_trials is not None and n_trials <= SAME_FAILURE_TRIALS) or self.abort_reason
                 or len(first) < SAME_FAILURE_TRIALS):
             return
         errors = {life.error for life in first if life.state == lc.State.FAILED}
         if len(errors) == 1 and all(life.state == lc.State.FAILED for life in first):
-            self.abort_reason = errors.pop()
-            self.on_event("aborting", {"error": self.abort_reason, "trials": len(first)})
+            error = errors.pop()
+            self.abort_reason = f"the first trials all failed with: {error}"
+            self.on_event("aborting", {"error": error, "trials": len(first)})
             self.stop()
+
+    # --- the strategy ------------------------------------------------------------------------
+
+    def _open_strategy(self) -> Strategy:
+        """The configured strategy, continuing from the state a previous driver saved."""
+        name = self.config.search.strategy
+        saved = study_lib.study_system_attrs(self.study).get(STRATEGY_STATE_KEY)
+        step = "__init__()"
+        try:
+            strategy = strategy_class(name)(self.config, self.study)
+            if saved and saved.get("strategy") == name:
+                step = "load_state_dict()"
+                strategy.load_state_dict(saved["state"])
+            step = "state_dict()"
+            self._strategy_state = json.dumps(strategy.state_dict(), sort_keys=True)
+        except Exception as exc:  # user code, before anything runs: one line, nothing started
+            raise study_lib.ResumeError(f"search.strategy {name}: {step} raised "
+                                        f"{type(exc).__name__}: {exc}") from None
+        return strategy
+
+    def _ask_strategy(self, method: str, *args: Any, default: Any) -> Any:
+        """Call the strategy and save its state if the call changed it. A strategy that raises
+        stops the sweep (resumable) with one line; its traceback goes to strategy_error.txt."""
+        if self.strategy_failed:
+            return default
+        try:
+            answer = getattr(self.strategy, method)(*args)
+            state = json.dumps(self.strategy.state_dict(), sort_keys=True)
+        except Exception as exc:  # user code: the sweep must stop cleanly, not crash
+            import traceback
+
+            self._strategy_failed(f"{method}() raised {type(exc).__name__}: {exc}",
+                                  traceback.format_exc())
+            return default
+        if state != self._strategy_state:
+            self._strategy_state = state
+            study_lib.set_study_system_attr(self.study, STRATEGY_STATE_KEY, {
+                "strategy": self.config.search.strategy, "state": json.loads(state)})
+        return answer
+
+    def _strategy_failed(self, problem: str, details: str = "") -> None:
+        self.strategy_failed = True  # never asked again in this run
+        if self.abort_reason:
+            return
+        self.abort_reason = f"search.strategy {self.config.search.strategy}: {problem}"
+        if details:
+            self.root.write_text("strategy_error.txt", details)
+            self.abort_reason += f" (details in {os.path.join(self.run_dir, 'strategy_error.txt')})"
+        self.on_event("notice", {"message": self.abort_reason})
+        self.stop()
+
+    def _view(self, number: int) -> TrialView:
+        life, handle = self.trials[number], self.handles[number]
+        return TrialView(number=number, state=life.state.value, params=handle.task.params,
+                         schedules=handle.task.schedule_specs, values=dict(life.values or {}),
+                         step=life.step, checkpoint_step=life.checkpoint_step,
+                         parent=handle.lineage)
+
+    def _all_views(self) -> dict[int, TrialView]:
+        """Every trial of the study: ours as their lifecycles stand, others as the study has them."""
+        views = {}
+        for frozen in self.study.get_trials(deepcopy=False):
+            if frozen.number in self.trials:
+                views[frozen.number] = self._view(frozen.number)
+                continue
+            attrs = frozen.user_attrs
+            values = dict(zip(self.objectives, frozen.values or ()))
+            views[frozen.number] = TrialView(
+                number=frozen.number, state=STUDY_VIEW_STATES.get(frozen.state, "running"),
+                params=attrs.get("params", {}), schedules=attrs.get("schedule_specs", {}),
+                values=values, step=max(frozen.intermediate_values, default=0),
+                checkpoint_step=attrs.get("checkpoint_step", 0), parent=attrs.get("parent"))
+        return views
+
+    def _next(self) -> bool:
+        """Carry out what the strategy starts next; False when it starts nothing now."""
+        view = SweepView(trials=self._all_views, free_slots=self.capacity - self._on_worker(),
+                         checkpoints=lambda n: checkpoint_steps(self.root, n))
+        answer = self._ask_strategy("next", view, default=DONE)
+        if isinstance(answer, NewTrial):
+            self._start_new(answer)
+        elif isinstance(answer, Fork):
+            self._fork(answer.parent, answer.step, answer.specs, answer.steps, checked=False)
+        elif isinstance(answer, Resume) and answer.trial in self.trials and \
+                self.trials[answer.trial].state in (lc.State.PAUSED, lc.State.STOPPED):
+            self._apply(self.trials[answer.trial], lc.Control("resume"))
+            self._save_paused()
+        elif answer == WAIT and (self._on_worker() or self._wants_worker()):
+            return False
+        elif answer in (WAIT, DONE):
+            # waiting with nothing running would wait forever: the strategy has ended
+            self.exhausted = True
+            return False
+        else:
+            self._strategy_failed(f"next() answered {answer!r}; expected NewTrial, Fork, Resume "
+                                  f"(of a paused trial this sweep runs), WAIT or DONE")
+            return False
+        return True
 
     # --- the worker pool -----------------------------------------------------------------------
 
@@ -379,9 +501,8 @@ class Sweep:
             if queued:
                 self._apply(self.trials[queued[0]], lc.Assigned())
                 continue
-            if not self._can_start_new():
+            if not self._can_start_new() or not self._next():
                 break
-            self._start_new()
         self._release_unneeded()
 
     def _update_capacity(self) -> None:
@@ -396,7 +517,8 @@ class Sweep:
     def _take_request(self, request: dict) -> None:
         number, action = int(request["trial"]), request["action"]
         if action == "fork":
-            self._fork(number, int(request["at"]), request["specs"], request.get("steps"))
+            self._fork(number, int(request["at"]), request["specs"], request.get("steps"),
+                       checked=True)
             return
         life = self.trials.get(number)
         if life is None:
@@ -412,18 +534,30 @@ class Sweep:
         self._apply(life, lc.Control(action, placement))
         self._save_paused()
 
-    def _fork(self, parent: int, step: int, specs: dict, steps: Optional[int] = None) -> None:
+    def _fork(self, parent: int, step: int, specs: dict, steps: Optional[int],
+              checked: bool) -> None:
         """A new trial (beyond n_trials) that continues trial ``parent`` from its checkpoint at
-        ``step`` with ``specs`` (checked by ``sweep fork`` to agree with the parent's before it).
+        ``step`` with ``specs`` (``checked`` by ``sweep fork`` to agree with the parent's before
+        it; a strategy's forks are checked here).
 
         The checkpoint is copied into the child's own directory first: the parent's retention
         can then never take away what the child starts from."""
         source = f"{RunDir.checkpoint_dir(parent)}/ckpt-{step:09d}.arrow"
         frozen = next((t for t in self.study.get_trials(deepcopy=False) if t.number == parent), None)
         if frozen is None or not self.root.exists(source):
-            self.on_event("notice", {"message": f"trial {parent}: no checkpoint at step {step} "
-                                                f"any more; fork ignored"})
+            problem = f"trial {parent}: no checkpoint at step {step}"
+            if checked:
+                self.on_event("notice", {"message": f"{problem} any more; fork ignored"})
+            else:
+                self._strategy_failed(f"next() forked {problem}")
             return
+        if not checked:
+            try:
+                fork_problems(step, steps or self.config.budget.steps)
+                specs = check_agrees(parent, frozen.user_attrs["schedule_specs"], specs, step)
+            except ForkError as exc:
+                self._strategy_failed(f"next() forked trial {parent}: {exc}")
+                return
         with study_lib.ask_lock(self.study, self.run_dir):
             trial = self.study.ask()
         study_lib.set_trial_system_attr(trial, "driver", self.driver_id)
@@ -514,6 +648,8 @@ class Sweep:
         if fits == 0 and self._local:
             raise study_lib.ResumeError(notice)
         self.study = study_lib.open_study(self.config)
+        self.strategy = self._open_strategy()
+        self.rules = dataclasses.replace(self.rules, decides=self.strategy.decides_at_reports)
         self.control.claim_driver(self.driver_id)
         if self.on_claimed is not None:
             self.on_claimed()

@@ -128,8 +128,9 @@ class Launch:
 
 
 @dataclass(frozen=True)
-class AskPruner:
-    """Report ``value`` at ``step`` to the study; answer the waiting worker if ``answer``."""
+class Decide:
+    """Record ``value`` at ``step`` in the study and ask the strategy; answer the waiting worker
+    if ``answer``."""
     step: int
     value: float
     answer: bool
@@ -191,7 +192,7 @@ class Emit:
 # A finished trial's records are written before the study is told: a driver killed in between
 # leaves a trial the study still calls RUNNING, which the next driver finishes from its final
 # checkpoint, never a finished trial without its row.
-Action = Union[Launch, AskPruner, AnswerWorker, Interrupt, Tell, SaveAttrs, WriteHistory,
+Action = Union[Launch, Decide, AnswerWorker, Interrupt, Tell, SaveAttrs, WriteHistory,
                WriteTrial, ReleaseWorker, KillWorker, ForgetWorker, Emit]
 
 
@@ -199,7 +200,7 @@ Action = Union[Launch, AskPruner, AnswerWorker, Interrupt, Tell, SaveAttrs, Writ
 class Rules:
     """What the sweep config says about every trial."""
     objectives: tuple[str, ...]
-    pruning: bool = False
+    decides: bool = False  # the strategy decides at each report (workers wait for it)
     max_restarts: int = 3
     retries: int = 0
 
@@ -299,17 +300,17 @@ class Lifecycle:
         self.reports[event.step] = {"step": event.step, "metrics": dict(event.metrics),
                                     "hyperparams": dict(event.hyperparams), "time": event.time}
         actions = self._tell_intermediate(event.step, event.metrics, event.awaits)
-        if event.awaits and not any(isinstance(a, AskPruner) for a in actions):
+        if event.awaits and not any(isinstance(a, Decide) for a in actions):
             actions.append(AnswerWorker(False))
         return actions + [Emit("report", {"step": event.step, "metrics": dict(event.metrics),
                                           "hyperparams": dict(event.hyperparams)})]
 
     def _tell_intermediate(self, step: int, metrics: dict, answer: bool) -> list[Action]:
         objective = self.rules.objectives[0]
-        if not self.rules.pruning or objective not in metrics or step in self.told_steps:
+        if not self.rules.decides or objective not in metrics or step in self.told_steps:
             return []
         self.told_steps.add(step)
-        return [AskPruner(step, float(metrics[objective]), answer)]
+        return [Decide(step, float(metrics[objective]), answer)]
 
     def _on_CheckpointDurable(self, event: CheckpointDurable, now: float) -> list[Action]:
         if self.state not in ON_WORKER:

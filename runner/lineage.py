@@ -57,7 +57,16 @@ def plan_fork(run: RunDir, parent: int, parent_specs: Mapping[str, Any], at: int
     if at not in steps:
         have = ", ".join(map(str, steps)) or "none"
         raise ForkError(f"trial {parent} has no checkpoint at step {at} (it has: {have})")
-    specs = apply_sets(parent_specs, sets)
+    return check_agrees(parent, parent_specs, apply_sets(parent_specs, sets), at)
+
+
+def check_agrees(parent: int, parent_specs: Mapping[str, Any], specs: Mapping[str, Any],
+                 at: int) -> dict[str, Any]:
+    """``specs`` in canonical form, or ForkError unless each is valid and agrees value for value
+    with the parent's schedule of the same name on every step before ``at``."""
+    if set(specs) != set(parent_specs):
+        raise ForkError(f"the child's schedules ({', '.join(sorted(specs))}) are not the "
+                        f"parent trial {parent}'s ({', '.join(sorted(parent_specs))})")
     for name, spec in specs.items():
         try:
             schedules.from_spec(spec)

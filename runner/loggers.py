@@ -8,7 +8,6 @@ delays the logger, not the sweep.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from runner.config import ConfigError
+from runner.context import resolve_class
 
 if TYPE_CHECKING:
     from runner.config import LoggerConfig, SweepConfig
@@ -67,7 +67,7 @@ def build_loggers(configs: list["LoggerConfig"], source: str = "<config>") -> li
     for index, spec in enumerate(configs):
         where = f"{source}: loggers.{index}"
         try:
-            cls = BUILTIN.get(spec.kind) or _import(spec.kind)
+            cls = BUILTIN.get(spec.kind) or resolve_class(spec.kind, Logger)
             loggers.append(cls(**spec.options))
         except ModuleNotFoundError as exc:
             extra = f"; pip install 'sweep-runner[{spec.kind}]'" if spec.kind in BUILTIN else ""
@@ -76,14 +76,6 @@ def build_loggers(configs: list["LoggerConfig"], source: str = "<config>") -> li
         except (ImportError, AttributeError, TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {spec.kind}: {exc}") from None
     return loggers
-
-
-def _import(path: str) -> type:
-    module, _, name = path.partition(":")
-    cls = getattr(importlib.import_module(module), name)
-    if not (isinstance(cls, type) and issubclass(cls, Logger)):
-        raise TypeError("expected a subclass of runner.loggers.Logger")
-    return cls
 
 
 class LogFanout:

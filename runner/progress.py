@@ -33,7 +33,7 @@ _ALWAYS = {"notice", "stopping", "aborting", "superseded", "requeued"}  # shown 
 class Progress:
     """Receives the driver's events (``on_event``) and shows them."""
 
-    def __init__(self, n_trials: int, objective: str, direction: str,
+    def __init__(self, n_trials: Optional[int], objective: str, direction: str,
                  console: Optional[Console] = None) -> None:
         self.console = console or Console(stderr=True)
         self.live_mode = self.console.is_terminal
@@ -98,7 +98,7 @@ class Progress:
 
     def _eta(self) -> str:
         done = sum(self.counts[s] for s in ("COMPLETE", "PRUNED", "FAIL"))
-        if not done:
+        if not done or self.n_trials is None:  # a strategy that decides its own end
             return "-"
         elapsed = time.monotonic() - self.started
         return f"{elapsed / done * max(0, self.n_trials - done):.0f}s"
@@ -107,7 +107,7 @@ class Progress:
         best = f"{self.best[0]:.6g} (trial {self.best[1]})" if self.best else "-"
         title = (f"running {len(self.running)}  completed {self.counts['COMPLETE']}  "
                  f"pruned {self.counts['PRUNED']}  failed {self.counts['FAIL']}  "
-                 f"of {self.n_trials}   best {self.objective} {best}   ETA {self._eta()}")
+                 f"{'' if self.n_trials is None else f'of {self.n_trials}'}   best {self.objective} {best}   ETA {self._eta()}")
         table = Table(title=title, title_justify="left")
         for column in ("trial", "step", self.objective, "learning_rate"):
             table.add_column(column, justify="right")

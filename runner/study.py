@@ -49,50 +49,70 @@ def storage(config: SweepConfig):
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
 
 
-def sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
-    seed = config.search.seed
-    kind = config.search.sampler
-    if kind == "tpe":
-        import warnings
+def _tpe(config: SweepConfig) -> optuna.samplers.BaseSampler:
+    import warnings
 
-        with warnings.catch_warnings():  # group and constant_liar are "experimental" since 2020
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                              constant_liar=config.max_concurrent > 1)
-    if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if kind == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    if kind == "gp":
-        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
-    if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if kind == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False,
-                                          warn_asynchronous_seeding=False)
+    with warnings.catch_warnings():  # group and constant_liar are "experimental" since 2020
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=config.search.seed, multivariate=True, group=True,
+                                          constant_liar=config.max_concurrent > 1)
+
+
+def _grid(config: SweepConfig) -> optuna.samplers.BaseSampler:
     space = {**grid_space(config.hyperparams, "hyperparams"), **grid_space(config.params, "params")}
-    return optuna.samplers.GridSampler(space, seed=seed)
+    return optuna.samplers.GridSampler(space, seed=config.search.seed)
+
+
+SAMPLERS: dict[str, Callable[[SweepConfig], optuna.samplers.BaseSampler]] = {
+    "tpe": _tpe,
+    "random": lambda c: optuna.samplers.RandomSampler(seed=c.search.seed),
+    "cmaes": lambda c: optuna.samplers.CmaEsSampler(seed=c.search.seed,
+                                                    warn_independent_sampling=False),
+    "gp": lambda c: optuna.samplers.GPSampler(seed=c.search.seed, warn_independent_sampling=False),
+    "nsga2": lambda c: optuna.samplers.NSGAIISampler(seed=c.search.seed),
+    "qmc": lambda c: optuna.samplers.QMCSampler(seed=c.search.seed,
+                                                warn_independent_sampling=False,
+                                                warn_asynchronous_seeding=False),
+    "grid": _grid,
+}
+"""search.sampler names; config.py's Literal lists the same keys."""
+
+
+def _hyperband(config: SweepConfig) -> optuna.pruners.BasePruner:
+    p = config.pruner
+    return optuna.pruners.HyperbandPruner(
+        min_resource=1 if p.min_resource == "auto" else p.min_resource,
+        max_resource=config.budget.steps if p.max_resource == "auto" else p.max_resource,
+        reduction_factor=p.reduction_factor)
+
+
+def _halving(config: SweepConfig) -> optuna.pruners.BasePruner:
+    p = config.pruner
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource,
+                                                  reduction_factor=p.reduction_factor)
+
+
+PRUNERS: dict[str, Callable[[SweepConfig], optuna.pruners.BasePruner]] = {
+    "none": lambda c: optuna.pruners.NopPruner(),
+    "median": lambda c: optuna.pruners.MedianPruner(
+        n_startup_trials=c.pruner.n_startup_trials, n_warmup_steps=c.pruner.n_warmup_steps,
+        interval_steps=c.pruner.interval_steps),
+    "percentile": lambda c: optuna.pruners.PercentilePruner(
+        c.pruner.percentile, n_startup_trials=c.pruner.n_startup_trials,
+        n_warmup_steps=c.pruner.n_warmup_steps, interval_steps=c.pruner.interval_steps),
+    "successive_halving": _halving,
+    "asha": _halving,
+    "hyperband": _hyperband,
+}
+"""pruner.kind names; config.py's Literal lists the same keys."""
+
+
+def sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
+    return SAMPLERS[config.search.sampler](config)
 
 
 def pruner(config: SweepConfig) -> optuna.pruners.BasePruner:
-    p = config.pruner
-    if p.kind == "none":
-        return optuna.pruners.NopPruner()
-    if p.kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials,
-                                           n_warmup_steps=p.n_warmup_steps,
-                                           interval_steps=p.interval_steps)
-    if p.kind == "percentile":
-        return optuna.pruners.PercentilePruner(p.percentile, n_startup_trials=p.n_startup_trials,
-                                               n_warmup_steps=p.n_warmup_steps,
-                                               interval_steps=p.interval_steps)
-    if p.kind in ("successive_halving", "asha"):
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource,
-                                                      reduction_factor=p.reduction_factor)
-    max_resource = config.budget.steps if p.max_resource == "auto" else p.max_resource
-    min_resource = 1 if p.min_resource == "auto" else p.min_resource
-    return optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=max_resource,
-                                          reduction_factor=p.reduction_factor)
+    return PRUNERS[config.pruner.kind](config)
 
 
 def reseed(sampler: optuna.samplers.BaseSampler, seed: Optional[int], number: int) -> None:
@@ -149,13 +169,20 @@ def heartbeat(study: optuna.Study, driver_id: str, stopped: bool = False) -> Non
     ``stopped`` says it left cleanly, so its trials resume as 'sweep resumed', not 'driver lost'."""
     import time
 
-    study._storage.set_study_system_attr(study._study_id, f"heartbeat:{driver_id}",
-                                         {"time": 0.0 if stopped else time.time(),
-                                          "stopped": stopped})
+    set_study_system_attr(study, f"heartbeat:{driver_id}",
+                          {"time": 0.0 if stopped else time.time(), "stopped": stopped})
+
+
+def study_system_attrs(study: optuna.Study) -> dict[str, Any]:
+    return study._storage.get_study_system_attrs(study._study_id)
+
+
+def set_study_system_attr(study: optuna.Study, key: str, value: Any) -> None:
+    study._storage.set_study_system_attr(study._study_id, key, value)
 
 
 def heartbeats(study: optuna.Study) -> dict[str, dict]:
-    attrs = study._storage.get_study_system_attrs(study._study_id)
+    attrs = study_system_attrs(study)
     return {k.removeprefix("heartbeat:"): v for k, v in attrs.items()
             if k.startswith("heartbeat:") and isinstance(v, dict)}
 

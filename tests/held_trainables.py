@@ -71,3 +71,36 @@ def digits_held_after_40(ctx: TrialContext) -> None:
 
         ctx._emit = held
     train(ctx)
+
+
+def digits_fork_killed_at_150(ctx: TrialContext) -> None:
+    """examples.digits_torch:train, but a fork's first attempt is killed -9 by its own worker
+    when it reports step 150, between its checkpoints: the fork resumes from its own checkpoint."""
+    marker = os.path.join(os.path.dirname(ctx.task.checkpoint_root), f"killed-{ctx.number}")
+    if "parent" in ctx.task.metadata and not os.path.exists(marker):
+        emit = ctx._emit
+
+        def killed(event: dict):
+            if event["type"] == "report" and event["step"] >= 150:
+                open(marker, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return emit(event)
+
+        ctx._emit = killed
+    train(ctx)
+
+
+def kill_the_driver_when_held(config_path, cwd) -> None:
+    """``sweep run config_path`` with digits_held_after_40, kill -9 of the driver once trial 0
+    holds after its checkpoint of step 40 (so mid-trial)."""
+    import subprocess
+    import sys
+
+    driver = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(config_path)],
+                              cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    for line in driver.stdout:
+        if "held after the checkpoint of step 40" in line:
+            break
+    driver.kill()
+    driver.wait()

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from runner import lifecycle as lc
 from runner.lifecycle import State
 
-RULES = lc.Rules(objectives=("loss",), pruning=True, max_restarts=2, retries=1)
+RULES = lc.Rules(objectives=("loss",), decides=True, max_restarts=2, retries=1)
 
 
 def _kinds(actions):
@@ -32,7 +32,7 @@ def test_a_trial_runs_reports_checkpoints_and_completes():
     life = _running()
     assert life.state == State.RUNNING and life.placed
     actions = life.handle(_report(10, awaits=True))
-    assert actions[0] == lc.AskPruner(10, 1.0, True)
+    assert actions[0] == lc.Decide(10, 1.0, True)
     # a report the study has already (a redone step after a resume) is answered without asking
     life.handle(lc.Started(0))
     assert _kinds(life.handle(_report(10, awaits=True)))[:1] == ["AnswerWorker"]
@@ -111,7 +111,7 @@ def test_reports_saved_with_the_checkpoint_come_back_on_resume():
     life.handle(lc.Placed("127.0.0.1", "node-a"))
     replay = ({"step": 40, "metrics": {"loss": 0.4}, "hyperparams": {}, "time": 1.0},)
     actions = life.handle(lc.Started(40, replay))
-    assert sorted(life.reports) == [30, 40] and lc.AskPruner(40, 0.4, False) in actions
+    assert sorted(life.reports) == [30, 40] and lc.Decide(40, 0.4, False) in actions
 
 
 def test_reports_after_the_resume_step_are_dropped_to_be_redone():
@@ -264,7 +264,7 @@ def test_any_event_order_keeps_the_invariants(events, rules):
                 assert holds_worker
             elif isinstance(action, lc.Tell):
                 told += 1
-            elif isinstance(action, lc.AskPruner):
+            elif isinstance(action, lc.Decide):
                 assert action.step not in asked, "the study was told a step twice"
                 asked.add(action.step)
         # a trial holds a worker exactly while it runs on one

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from runner.checkpoint import read_checkpoint
@@ -137,8 +139,8 @@ def test_a_jax_fork_with_a_longer_stable_phase_continues_its_parent_exactly(tmp_
     assert rows(1, 80, 120) != rows(0, 80, 120)  # then the child stays at its peak
 
 
-def _wsd_data(run_dir, steps, stable):
-    return _data(run_dir, "examples.digits_torch:train",
+def _wsd_data(run_dir, steps, stable, trainable="examples.digits_torch:train"):
+    return _data(run_dir, trainable,
                  budget={"steps": steps, "report_every": 10, "checkpoint_every": 40},
                  hyperparams={"learning_rate": {**WSD, "peak_value": 5e-3, "stable_steps": stable},
                               "weight_decay": 1e-4, "b1": 0.9})
@@ -146,12 +148,14 @@ def _wsd_data(run_dir, steps, stable):
 
 def test_sweep_extend_of_a_wsd_trial_equals_a_trial_planned_for_the_longer_budget(tmp_path,
                                                                                    capsys):
+    """Also after a kill -9 of the extension's worker between its checkpoints (150)."""
     from runner.cli import main
 
     import yaml
 
     run_dir = tmp_path / "run"
-    data = _wsd_data(run_dir, 120, 80)  # cooldown from the branch point 90 to 120
+    data = _wsd_data(run_dir, 120, 80,  # cooldown from the branch point 90 to 120
+                     trainable="tests.held_trainables:digits_fork_killed_at_150")
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text(yaml.safe_dump(data))
     Sweep(parse_config(data, "x.yaml")).run()
@@ -164,6 +168,7 @@ def test_sweep_extend_of_a_wsd_trial_equals_a_trial_planned_for_the_longer_budge
     Sweep(parse_config(_wsd_data(twin, 240, 200), "twin.yaml")).run()
     history, applied, states, trials = _outcome(run_dir)
     assert trials[1]["parent"] == 0 and trials[1]["parent_step"] == 90
+    assert trials[1]["lost"] == 1 and json.loads(trials[1]["restart_log"])[0]["from_step"] == 120
     assert states[1] == _outcome(twin)[2][0]  # the same value, bit for bit
     after = lambda rows, n: [r[1:] for r in rows if r[0] == n and r[1] > 90]  # noqa: E731
     assert after(history, 1) == after(_outcome(twin)[0], 0)

@@ -21,6 +21,7 @@ from runner.cli import main
 from runner.config import parse_config
 from runner.driver import Sweep
 from runner.records import RunRecords
+from tests.held_trainables import kill_the_driver_when_held
 from tests.test_preemption import Signaller, _data, _outcome
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -321,14 +322,7 @@ def test_a_seeded_sweep_resumed_after_its_driver_died_samples_what_it_would_have
     data = _data(run_dir, "tests.held_trainables:digits_held_after_40", n_trials=3,
                  search={"sampler": "tpe", "seed": 5, "n_trials": 3})
     path.write_text(yaml.safe_dump(data))
-    driver = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(path)],
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-    for line in driver.stdout:
-        if "held after the checkpoint of step 40" in line:
-            break
-    driver.kill()
-    driver.wait()
+    kill_the_driver_when_held(path, tmp_path)
     result = subprocess.run([sys.executable, "-m", "runner.cli", "resume", str(run_dir)],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
