@@ -248,13 +248,15 @@ class Sweep:
                     self._strategy_failed(f"decide() answered {decision!r}; expected "
                                           f"'continue', 'prune' or 'pause'")
                     decision = "continue"
-                handle.worker.actor.decide.remote(life.number, decision == "prune")
+                # a pause is answered to the waiting report: it checkpoints at exactly this step
+                handle.worker.actor.decide.remote(life.number, decision)
                 if decision == "pause":
-                    self._apply(life, lc.Control("pause"))
+                    self._apply(life, lc.Control("pause", worker_told=True))
                     self._save_paused()
         elif isinstance(action, lc.AnswerWorker):
             if handle.worker is not None:
-                handle.worker.actor.decide.remote(life.number, action.prune)
+                handle.worker.actor.decide.remote(life.number,
+                                                  "prune" if action.prune else "continue")
         elif isinstance(action, lc.Interrupt):
             handle.worker.actor.interrupt.remote(life.number, action.reason)
         elif isinstance(action, lc.Tell):

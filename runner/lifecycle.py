@@ -111,9 +111,11 @@ class Superseded:
 
 @dataclass(frozen=True)
 class Control:
-    """``pause``, ``resume``, ``migrate`` (with a placement) or ``stop`` (the sweep stops)."""
+    """``pause``, ``resume``, ``migrate`` (with a placement) or ``stop`` (the sweep stops).
+    ``worker_told``: the worker already knows (a pause answered to its report): no Interrupt."""
     action: str
     placement: Optional[dict] = None
+    worker_told: bool = False
 
 
 Event = Union[Assigned, Rejected, Placed, Started, Report, CheckpointDurable, Done, Pruned, Raised,
@@ -418,7 +420,7 @@ class Lifecycle:
         if action == "stop":
             return self._stop()
         if action == "pause":
-            return self._pause()
+            return self._pause(event.worker_told)
         if action == "resume":
             if self.state not in (State.PAUSED, State.STOPPED):
                 return [Emit("notice", {"message": f"trial {self.number} is not paused "
@@ -436,13 +438,13 @@ class Lifecycle:
             return []
         raise ValueError(f"unknown control action {action!r}")
 
-    def _pause(self) -> list[Action]:
-        return self._halt(State.PAUSED, "paused")
+    def _pause(self, worker_told: bool = False) -> list[Action]:
+        return self._halt(State.PAUSED, "paused", worker_told)
 
     def _stop(self) -> list[Action]:
         return self._halt(State.STOPPED, "stopped")
 
-    def _halt(self, target: State, reason: str) -> list[Action]:
+    def _halt(self, target: State, reason: str, worker_told: bool = False) -> list[Action]:
         """Pause or stop: at once when no worker runs the trial, else at its next checkpoint."""
         emit = [Emit(reason, {"step": self.checkpoint_step})] if target == State.PAUSED else []
         if self.state == State.PAUSED or (self.state == State.HANDING_OVER
@@ -458,7 +460,7 @@ class Lifecycle:
             return [KillWorker(), *emit]
         if self.state == State.RUNNING:
             self.state, self._after_interrupt = State.HANDING_OVER, target
-            return [Interrupt(reason)]
+            return [] if worker_told else [Interrupt(reason)]
         if self._after_interrupt != State.PAUSED:  # handing over already: stop there instead
             self._after_interrupt = target
         return []

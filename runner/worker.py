@@ -44,11 +44,14 @@ class TrialWorker:
                 "pid": os.getpid(),
                 "accelerators": context.get_accelerator_ids()}
 
-    def decide(self, number: int, prune: bool) -> None:
-        """The driver's pruning answer for the report trial ``number`` is waiting on."""
+    def decide(self, number: int, answer: str) -> None:
+        """The driver's answer (continue, prune, pause) to the report trial ``number`` waits on;
+        a pause is asked before the report returns, so the trial checkpoints at that step."""
         waiting = self._answers.get(number)
         if waiting is not None:
-            waiting[1].append(prune)
+            if answer == "pause":
+                self.control.request_interrupt(number, "paused")
+            waiting[1].append(answer == "prune")
             waiting[0].set()
 
     def interrupt(self, number: int, reason: str) -> None:

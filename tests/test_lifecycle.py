@@ -136,6 +136,16 @@ def test_pause_checkpoints_a_running_trial_and_resume_queues_it():
     assert life.state == State.QUEUED
 
 
+def test_a_pause_answered_to_a_report_sends_no_second_interrupt():
+    life = _running()
+    life.handle(_report(50, awaits=True))
+    assert life.handle(lc.Control("pause", worker_told=True)) == []  # the answer told the worker
+    assert life.state == State.HANDING_OVER
+    life.handle(lc.CheckpointDurable(50))
+    life.handle(lc.Interrupted("paused"))
+    assert life.state == State.PAUSED and life.checkpoint_step == 50
+
+
 def test_pausing_a_paused_trial_says_so_and_changes_nothing():
     life = _running()
     life.handle(lc.Control("pause"))
