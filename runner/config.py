@@ -321,6 +321,10 @@ def parse_config(data: Any, source: str = "<config>") -> SweepConfig:
         errors = exc.errors()
         first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         raise ConfigError(f"{source}: {_format(first, errors)}") from None
+    from runner.strategy import BUILTIN
+
+    if config.search.strategy in BUILTIN:
+        _check_strategy(BUILTIN[config.search.strategy], config, source)
     for key in config.hyperparams:
         problem = _hyperparam_name_problem(key)
         if problem:
@@ -372,6 +376,15 @@ def check_imports(config: SweepConfig, source: str) -> None:
     problem = strategy_options_problem(cls, config.search.strategy_options)
     if problem:
         raise ConfigError(f"{source}: search.{problem}")
+    _check_strategy(cls, config, source)
+
+
+def _check_strategy(cls: type, config: SweepConfig, source: str) -> None:
+    """What the strategy says about the rest of the config (``Strategy.check``)."""
+    try:
+        cls.check(config)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 # What may change between runs of one run dir: how much more to run and on what, not what the

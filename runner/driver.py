@@ -36,8 +36,8 @@ from runner.lineage import ForkError, check_agrees, checkpoint_steps, fork_probl
 from runner.records import RunRecords, history_rows, to_json
 from runner.rundir import RunDir
 from runner.space import realize
-from runner.strategy import (DONE, WAIT, Fork, NewTrial, Resume, Strategy, SweepView, TrialView,
-                             strategy_class)
+from runner.strategy import (DONE, WAIT, Exploit, Fork, NewTrial, Resume, Strategy, SweepView,
+                             TrialView, strategy_class)
 from runner.worker import task_payload
 
 log = logging.getLogger("sweep")
@@ -73,6 +73,7 @@ class Handle:
     stream: Any = None
     placement: Optional[dict] = None
     lineage: Optional[dict] = None  # a fork's parent: trial, step, checkpoint, digest, seed_trial
+    point: Optional[dict] = None  # its sampled Optuna parameters
 
 
 @dataclass
@@ -113,6 +114,7 @@ class Sweep:
         self.stop_requested = False
         self.abort_reason: Optional[str] = None  # why the sweep stopped early, in one line
         self.strategy_failed = False
+        self.held: set[int] = set()  # paused by the strategy (not by a user): it resumes them
         self.exhausted = False
         self.control = ControlChannel(self.run_dir)
         self.unpause = unpause  # paused trials to resume: None for all
@@ -169,7 +171,8 @@ class Sweep:
             return
         trial.set_user_attr("params", params)
         trial.set_user_attr("schedule_specs", specs)
-        self.handles[trial.number] = Handle(trial, self._task(trial, params, specs), time.time())
+        self.handles[trial.number] = Handle(trial, self._task(trial, params, specs), time.time(),
+                                            point=dict(trial.params))
         self._write_live()  # steerable by number at once
         self.on_event("queued", {"number": trial.number, "specs": specs, "params": params})
 
@@ -197,7 +200,8 @@ class Sweep:
         if specs is None or params is None:  # asked but never launched: nothing to resume
             self.study.tell(frozen.number, state=TrialState.FAIL)
             return
-        if "parent" not in frozen.user_attrs:  # a fork was not sampled: its checkpoints vouch
+        if not {"parent", "exploits"} & set(frozen.user_attrs):
+            # forks and exploited members follow no sampled schedule: their checkpoints vouch
             study_lib.check_unchanged(self.config, frozen, specs)
         trial = optuna.Trial(self.study, frozen._trial_id)
         owner = frozen.system_attrs.get("driver")
@@ -214,13 +218,18 @@ class Sweep:
         life.node_id = frozen.user_attrs.get("node_id", "")
         stopped = study_lib.heartbeats(self.study).get(owner, {}).get("stopped")
         life.resumed_by_new_driver("sweep resumed" if stopped else "driver lost", time.time())
-        if frozen.number in paused:
+        if frozen.system_attrs.get("held"):
+            self.held.add(frozen.number)
+        if frozen.number in paused or frozen.number in self.held:
             life.state = lc.State.PAUSED
         self.trials[frozen.number] = life
         started = frozen.datetime_start.timestamp() if frozen.datetime_start else time.time()
         lineage = frozen.user_attrs.get("parent")
-        self.handles[frozen.number] = Handle(trial, self._task(trial, params, specs, lineage),
-                                             started, lineage=lineage)
+        task = self._task(trial, params, specs, lineage)
+        if "seed_trial" in frozen.user_attrs:  # an exploited member goes on with its donor's data
+            task.seed = derive_seed(self.config.seed, frozen.user_attrs["seed_trial"])
+        self.handles[frozen.number] = Handle(trial, task, started, lineage=lineage,
+                                             point=dict(frozen.params))
         self._save_attrs(life)
         self.on_event("adopted", {"number": frozen.number, "paused": frozen.number in paused})
 
@@ -251,8 +260,8 @@ class Sweep:
                 # a pause is answered to the waiting report: it checkpoints at exactly this step
                 handle.worker.actor.decide.remote(life.number, decision)
                 if decision == "pause":
+                    self._hold(life.number, True)
                     self._apply(life, lc.Control("pause", worker_told=True))
-                    self._save_paused()
         elif isinstance(action, lc.AnswerWorker):
             if handle.worker is not None:
                 handle.worker.actor.decide.remote(life.number,
@@ -395,7 +404,57 @@ class Sweep:
         return TrialView(number=number, state=life.state.value, params=handle.task.params,
                          schedules=handle.task.schedule_specs, values=dict(life.values or {}),
                          step=life.step, checkpoint_step=life.checkpoint_step,
-                         parent=handle.lineage)
+                         parent=handle.lineage, point=handle.point or {})
+
+    def _hold(self, number: int, held: bool) -> None:
+        """A trial the strategy paused stays paused, also for a resumed driver, until it
+        resumes it (``sweep resume`` leaves it to the strategy)."""
+        if held != (number in self.held):
+            (self.held.add if held else self.held.discard)(number)
+            study_lib.set_trial_system_attr(self.handles[number].trial, "held", held)
+
+    def _exploit(self, exploit: Exploit) -> bool:
+        """A paused member goes on from its donor's checkpoint with the explored schedules: the
+        checkpoint is copied over the member's own at that step, then the study records it."""
+        member, donor, step = exploit.trial, exploit.donor, exploit.step
+        life = self.trials.get(member)
+        views = self._all_views()
+        source = f"{RunDir.checkpoint_dir(donor)}/ckpt-{step:09d}.arrow"
+        problem = ""
+        if life is None or life.state != lc.State.PAUSED or life.checkpoint_step != step:
+            problem = f"trial {member} is not paused at step {step}"
+        elif donor not in views or not self.root.exists(source):
+            problem = f"trial {donor} has no checkpoint at step {step}"
+        if not problem:
+            try:
+                specs = check_agrees(donor, views[donor].schedules, exploit.specs, step)
+            except ForkError as exc:
+                problem = f"trial {donor}: {exc}"
+        if problem:
+            self._strategy_failed(f"next() answered an exploit of {problem}")
+            return False
+        handle, old = self.handles[member], self.handles[member].task.schedule_specs
+        self.root.copy(source, f"{RunDir.checkpoint_dir(member)}/ckpt-{step:09d}.arrow")
+        donor_attrs = self._frozen(donor).user_attrs
+        seed_trial = donor_attrs.get("seed_trial", (views[donor].parent or {}).get("seed_trial",
+                                                                                  donor))
+        row = {"member": member, "generation": exploit.generation, "step": step, "donor": donor,
+               "donor_step": step, "old": to_json(old), "new": to_json(specs)}
+        exploits = [*handle.trial.user_attrs.get("exploits", []), row]
+        handle.task.schedule_specs, handle.task.params = specs, dict(views[donor].params)
+        handle.task.seed = derive_seed(self.config.seed, seed_trial)
+        handle.trial.set_user_attr("params", handle.task.params)
+        handle.trial.set_user_attr("schedule_specs", specs)
+        handle.trial.set_user_attr("seed_trial", seed_trial)
+        handle.trial.set_user_attr("exploits", exploits)
+        self.records.write("lineage", member, exploits)
+        self.on_event("exploited", {"number": member, "donor": donor, "step": step})
+        return True
+
+    def _frozen(self, number: int) -> optuna.trial.FrozenTrial:
+        if number in self.handles:
+            return self.study._storage.get_trial(self.handles[number].trial._trial_id)
+        return next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
 
     def _all_views(self) -> dict[int, TrialView]:
         """Every trial of the study: ours as their lifecycles stand, others as the study has them."""
@@ -410,7 +469,8 @@ class Sweep:
                 number=frozen.number, state=STUDY_VIEW_STATES.get(frozen.state, "running"),
                 params=attrs.get("params", {}), schedules=attrs.get("schedule_specs", {}),
                 values=values, step=max(frozen.intermediate_values, default=0),
-                checkpoint_step=attrs.get("checkpoint_step", 0), parent=attrs.get("parent"))
+                checkpoint_step=attrs.get("checkpoint_step", 0), parent=attrs.get("parent"),
+                point=dict(frozen.params))
         return views
 
     def _next(self) -> bool:
@@ -422,8 +482,11 @@ class Sweep:
             self._start_new(answer)
         elif isinstance(answer, Fork):
             self._fork(answer.parent, answer.step, answer.specs, answer.steps, checked=False)
+        elif isinstance(answer, Exploit):
+            return self._exploit(answer)
         elif isinstance(answer, Resume) and answer.trial in self.trials and \
                 self.trials[answer.trial].state in (lc.State.PAUSED, lc.State.STOPPED):
+            self._hold(answer.trial, False)
             self._apply(self.trials[answer.trial], lc.Control("resume"))
             self._save_paused()
         elif answer == WAIT and (self._on_worker() or self._wants_worker()):
@@ -527,6 +590,11 @@ class Sweep:
             self.on_event("notice", {"message": f"trial {number}: not run by this sweep; "
                                                 f"{action} ignored"})
             return
+        if action == "resume" and number in self.held:
+            self.on_event("notice", {"message": f"trial {number}: paused by the strategy "
+                                                f"({self.config.search.strategy}), which resumes "
+                                                f"it; resume ignored"})
+            return
         placement = None
         if action == "migrate":
             placement, problem = self._migration_target(life, request.get("to"))
@@ -599,7 +667,8 @@ class Sweep:
 
     def _save_paused(self) -> None:
         """paused.json: ours as they stand, and the paused trials this driver has not taken up."""
-        ours = {n for n, life in self.trials.items() if life.state == lc.State.PAUSED}
+        ours = {n for n, life in self.trials.items()
+                if life.state == lc.State.PAUSED and n not in self.held}
         self.control.set_paused(ours | (self.control.paused() - set(self.trials)))
 
     def _poll(self, force: bool = False) -> None:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from runner.rundir import RunDir
 
-TABLES = ("trials", "history", "applied")
+TABLES = ("trials", "history", "applied", "lineage")
 
 TRIALS_SCHEMA = pa.schema([
     ("number", pa.int64()), ("state", pa.string()), ("value", pa.float64()),
@@ -32,7 +32,11 @@ HISTORY_SCHEMA = pa.schema([("trial", pa.int64()), ("step", pa.int64()), ("metri
                             ("value", pa.float64()), ("time", pa.timestamp("us", tz="UTC"))])
 APPLIED_SCHEMA = pa.schema([("trial", pa.int64()), ("step", pa.int64()),
                             ("hyperparameter", pa.string()), ("value", pa.float64())])
-SCHEMAS = {"trials": TRIALS_SCHEMA, "history": HISTORY_SCHEMA, "applied": APPLIED_SCHEMA}
+LINEAGE_SCHEMA = pa.schema([  # one row per exploit of a PBT member (old and new specs as JSON)
+    ("member", pa.int64()), ("generation", pa.int64()), ("step", pa.int64()),
+    ("donor", pa.int64()), ("donor_step", pa.int64()), ("old", pa.string()), ("new", pa.string())])
+SCHEMAS = {"trials": TRIALS_SCHEMA, "history": HISTORY_SCHEMA, "applied": APPLIED_SCHEMA,
+           "lineage": LINEAGE_SCHEMA}
 
 
 def child_uri(uri: str, path: str) -> str:

@@ -262,7 +262,9 @@ def export(run_dir: str, out: str, fmt: str) -> list[str]:
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"export format: expected one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     records = RunRecords(run_dir)
-    files = {f"{name}.{fmt}": _encode(records.read(name), fmt) for name in TABLES}
+    tables = {name: records.read(name) for name in TABLES}
+    files = {f"{name}.{fmt}": _encode(table, fmt) for name, table in tables.items()
+             if name != "lineage" or table.num_rows}  # lineage: PBT runs only
     target = RunDir(out)
     target.write_files(files)
     return [target.uri_of(name) for name in files]

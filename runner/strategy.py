@@ -54,6 +54,19 @@ class Fork:
 
 
 @dataclass(frozen=True)
+class Exploit:
+    """Paused ``trial`` goes on from ``donor``'s checkpoint at ``step`` (weights, optimizer and
+    schedule state, RNG streams, data order) with ``specs``, which must agree with the donor's
+    before ``step``; its params become the donor's. Recorded in the lineage table."""
+
+    trial: int
+    donor: int
+    step: int
+    specs: dict
+    generation: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class Resume:
     """Continue a paused trial from its last checkpoint."""
 
@@ -62,7 +75,7 @@ class Resume:
 
 WAIT = "wait"  # nothing to start now; ask again when a trial reports, finishes or frees a slot
 DONE = "done"  # nothing more to start in this sweep
-Next = Union[NewTrial, Fork, Resume, Literal["wait", "done"]]
+Next = Union[NewTrial, Fork, Exploit, Resume, Literal["wait", "done"]]
 Decision = Literal["continue", "prune", "pause"]
 
 
@@ -78,6 +91,7 @@ class TrialView:
     step: int  # the last step it reported
     checkpoint_step: int  # the step its last durable checkpoint holds
     parent: Optional[dict]  # a fork's lineage: trial, step, checkpoint, digest
+    point: dict = field(default_factory=dict)  # the sampled Optuna parameters (none for a fork)
 
 
 class SweepView:
@@ -110,6 +124,10 @@ class Strategy:
         self.config, self.study = config, study
         self.options = self.Options.model_validate(config.search.strategy_options) \
             if self.Options is not None else None
+
+    @classmethod
+    def check(cls, config: "SweepConfig") -> None:
+        """Raise ValueError(``key: what was expected``) for a config this strategy cannot run."""
 
     def next(self, sweep: SweepView) -> Next:
         """What to start now that a slot is free."""
@@ -155,7 +173,9 @@ class StrategyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
-BUILTIN: dict[str, type[Strategy]] = {"optuna": OptunaStrategy}
+from runner.pbt import PBT  # noqa: E402  (a built-in strategy is a file on this base class)
+
+BUILTIN: dict[str, type[Strategy]] = {"optuna": OptunaStrategy, "pbt": PBT}
 
 
 def strategy_class(name: str) -> type[Strategy]:
@@ -166,7 +186,3 @@ def strategy_class(name: str) -> type[Strategy]:
     from runner.context import resolve_class
 
     return resolve_class(name, Strategy)
-
-
-class StrategyError(RuntimeError):
-    """A strategy raised or answered something the driver cannot carry out."""

@@ -114,7 +114,8 @@ def branch_point(spec: Any) -> int | None:
         return int(data["warmup_steps"] + data["stable_steps"])
     if data["kind"] == "join" and data["schedules"]:
         inner = branch_point(data["schedules"][-1])
-        return None if inner is None else int(data["boundaries"][-1]) + inner
+        offset = 0 if data.get("absolute") or not data["boundaries"] else data["boundaries"][-1]
+        return None if inner is None else int(offset) + inner
     return None
 
 

@@ -109,10 +109,10 @@ def _interpolate(step, xp, interpolate_type, init_value, boundaries, scales):
     return xp.sum(xp.where(inside, interp, 0.0), axis=-1) + (bounds[-1] <= count[..., 0]) * vals[-1]
 
 
-def _join(step, xp, parts, boundaries):
+def _join(step, xp, parts, boundaries, absolute=False):
     out = parts[0].value(step, xp)
     for boundary, part in zip(boundaries, parts[1:]):
-        out = xp.where(step < boundary, out, part.value(step - boundary, xp))
+        out = xp.where(step < boundary, out, part.value(step if absolute else step - boundary, xp))
     return out
 
 
@@ -478,11 +478,20 @@ class ReduceOnPlateau(Schedule):
 
 
 class Join(Schedule):
-    """``schedules[i]`` runs from ``boundaries[i-1]`` on, counting its steps from that boundary."""
+    """``schedules[i]`` runs from ``boundaries[i-1]`` on, counting its steps from that boundary
+    (optax's ``join_schedules``), or with ``absolute`` from step 0: a schedule changed mid-run
+    (a PBT member's explored segment) goes on where its own timeline stands."""
 
     kind: Literal["join"] = "join"
     schedules: tuple["StatelessSpec", ...] = Field(min_length=1)
     boundaries: tuple[Steps, ...]
+    absolute: bool = False
+
+    def spec(self) -> dict[str, Any]:
+        data = super().spec()
+        if not data["absolute"]:  # the optax form stays as it always was written
+            del data["absolute"]
+        return data
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -495,7 +504,7 @@ class Join(Schedule):
         return self
 
     def value(self, step, xp=np):
-        return _join(step, xp, self.schedules, self.boundaries)
+        return _join(step, xp, self.schedules, self.boundaries, self.absolute)
 
 
 STATELESS_KINDS = (Constant, Linear, Polynomial, CosineDecay, ExponentialDecay, PiecewiseConstant,

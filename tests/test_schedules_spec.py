@@ -249,3 +249,18 @@ def test_a_stateful_schedule_agrees_only_with_itself():
     plateau = {"kind": "reduce_on_plateau", "init_value": 0.1}
     assert schedules.first_difference(plateau, plateau, 100) is None
     assert schedules.first_difference(plateau, {**plateau, "factor": 0.5}, 100) == 0
+
+
+def test_an_absolute_join_runs_each_part_on_its_own_timeline():
+    first = {"kind": "constant", "value": 1.0}
+    later = {"kind": "linear", "init_value": 0.0, "end_value": 1.0, "transition_steps": 100}
+    relative = schedules.from_spec({"kind": "join", "schedules": [first, later],
+                                    "boundaries": [50]})
+    absolute = schedules.from_spec({"kind": "join", "schedules": [first, later],
+                                    "boundaries": [50], "absolute": True})
+    assert relative(50) == 0.0 and absolute(50) == 0.5 and absolute(49) == 1.0
+    assert "absolute" not in relative.spec() and absolute.spec()["absolute"] is True
+    wsd = {"kind": "wsd", "peak_value": 1.0, "warmup_steps": 0, "stable_steps": 80,
+           "decay_steps": 20}
+    assert schedules.branch_point({"kind": "join", "schedules": [first, wsd],
+                                   "boundaries": [30], "absolute": True}) == 80
