@@ -90,6 +90,26 @@ def digits_fork_killed_at_150(ctx: TrialContext) -> None:
     train(ctx)
 
 
+def digits_held_once_after_40(ctx: TrialContext) -> None:
+    """digits_held_after_40 for a trial that runs in several attempts (a PBT member pauses at
+    every generation): trial 0 holds after its checkpoint of step 40, whichever attempt that is,
+    once."""
+    marker = os.path.join(os.path.dirname(ctx.task.checkpoint_root), f"held-{ctx.number}")
+    if ctx.number == 0 and not os.path.exists(marker):
+        emit = ctx._emit
+
+        def held(event: dict):
+            answer = emit(event)
+            if event["type"] == "checkpoint" and event["step"] == 40:
+                open(marker, "w").close()
+                print("held after the checkpoint of step 40", flush=True)
+                threading.Event().wait()
+            return answer
+
+        ctx._emit = held
+    train(ctx)
+
+
 def kill_the_driver_when_held(config_path, cwd) -> None:
     """``sweep run config_path`` with digits_held_after_40, kill -9 of the driver once trial 0
     holds after its checkpoint of step 40 (so mid-trial)."""

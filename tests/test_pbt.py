@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 
 import pytest
+import yaml
 
 import schedules
 from runner.config import parse_config
 from runner.driver import Sweep
 from runner.records import RunRecords
-from tests.test_preemption import _data, _outcome
+from tests.held_trainables import kill_the_driver_when_held
+from tests.test_preemption import Signaller, _data, _outcome
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
-def _pbt_data(run_dir, **search):
-    data = _data(run_dir, "examples.digits_torch:train",
+def _pbt_data(run_dir, trainable="examples.digits_torch:train", **search):
+    data = _data(run_dir, trainable,
                  budget={"steps": 60, "report_every": 10, "checkpoint_every": 20},
                  search={"strategy": "pbt", "population": 4, "interval_steps": 20, "seed": 3,
                          "quantile": 0.5, **search},
@@ -39,9 +44,15 @@ def _run(run_dir, on_event=None):
     return _outcome(run_dir), _lineage(run_dir)
 
 
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("pbt") / "run"
+    return run_dir, _run(run_dir)
+
+
 def test_a_pbt_sweep_is_a_function_of_its_seed_and_its_schedules_say_what_members_followed(
-        tmp_path):
-    (history, applied, states, trials), lineage = _run(tmp_path / "a")
+        baseline, tmp_path):
+    run_dir, ((history, applied, states, trials), lineage) = baseline
     assert sorted(trials) == [0, 1, 2, 3] and all(s[0] == "COMPLETE" for s in states.values())
     assert [(m, g, s) for m, g, s, _, _ in lineage] == [  # the bottom half at each generation
         (m, g, s) for m, g, s, _, _ in lineage if s == 20 * (g + 1)] and len(lineage) == 4
@@ -49,7 +60,7 @@ def test_a_pbt_sweep_is_a_function_of_its_seed_and_its_schedules_say_what_member
         assert donor != member
     # every applied value is the value of the schedule in force: the initial one, then after
     # each exploit the new effective one (the donor's past, the explored future)
-    rows = RunRecords(str(tmp_path / "a")).read("lineage").to_pylist()
+    rows = RunRecords(str(run_dir)).read("lineage").to_pylist()
     for trial, step, name, value in applied:
         exploits = sorted((r for r in rows if r["member"] == trial), key=lambda r: r["step"])
         before = [r for r in exploits if r["step"] < step]
@@ -64,5 +75,32 @@ def test_a_pbt_sweep_is_a_function_of_its_seed_and_its_schedules_say_what_member
         spec = json.loads(trials[member]["schedules"])
         assert any(s["kind"] == "join" and s.get("absolute") for s in spec.values())
     # the same seed again: identical values, lineage and applied hyperparameters
-    (history2, applied2, states2, _), lineage2 = _run(tmp_path / "b")
+    (history2, applied2, states2, _), lineage2 = _run(tmp_path / "again")
     assert (states2, lineage2, applied2, history2) == (states, lineage, applied, history)
+
+
+def _same_as(baseline, outcome, lineage):
+    """Values, lineage and applied hyperparameters equal the uninterrupted run's (atol=0)."""
+    (_, applied, states, _), expected = baseline[1]
+    assert (outcome[2], lineage, outcome[1]) == (states, expected, applied)
+
+
+def test_pbt_is_unchanged_by_kill_9_of_its_workers(baseline, tmp_path):
+    killer = Signaller([30, 50], signal.SIGKILL)  # between checkpoints, in two generations
+    outcome, lineage = _run(tmp_path / "run", on_event=killer)
+    assert killer.sent == [30, 50] and sum(t["lost"] for t in outcome[3].values()) == 2
+    _same_as(baseline, outcome, lineage)
+
+
+@pytest.mark.timeout(300)
+def test_pbt_is_unchanged_by_a_driver_killed_mid_generation_and_resumed(baseline, tmp_path):
+    run_dir, path = tmp_path / "run", tmp_path / "pbt.yaml"
+    path.write_text(yaml.safe_dump(_pbt_data(run_dir, "tests.held_trainables:"
+                                                      "digits_held_once_after_40")))
+    kill_the_driver_when_held(path, tmp_path)  # trial 0 checkpointed at 40, the rest anywhere
+    result = subprocess.run([sys.executable, "-m", "runner.cli", "resume", str(run_dir)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    outcome = _outcome(run_dir)
+    assert "driver lost" in [e["reason"] for e in json.loads(outcome[3][0]["restart_log"])]
+    _same_as(baseline, outcome, _lineage(run_dir))
