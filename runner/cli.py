@@ -74,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
                                help="hyperparams.NAME.FIELD=VALUE for the child (repeatable)")
         else:
             child.add_argument("--steps", type=int, required=True, help="the new budget")
+    replay = commands.add_parser("replay", help="write a one-trial config that trains TRIAL from "
+                                                "scratch with its whole effective schedule")
+    replay.add_argument("run_dir")
+    replay.add_argument("trial", type=int)
+    replay.add_argument("--out", required=True, help="the config file to write")
+    replay.add_argument("--run", action="store_true", help="then run it (sweep run OUT)")
+    replay.add_argument("--address", help="Ray cluster for --run (default: local)")
     dashboard = commands.add_parser("dashboard", help="optuna-dashboard on the run's study")
     dashboard.add_argument("run_dir")
     dashboard.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
@@ -409,9 +416,46 @@ def _fork(args: argparse.Namespace, console: Console) -> int:
                    console)
 
 
+def _replay(args: argparse.Namespace, console: Console) -> int:
+    """A COMPLETE trial's replay config: its effective schedules from step 0, its lineage's
+    seed; written whole, never over an existing file."""
+    import yaml
+
+    from runner.lineage import replay_config
+    from runner.records import RunRecords
+    from runner.report import find_trial, run_config
+
+    run = _run_dir(args.run_dir)
+    info = find_trial(run, args.trial)
+    if info is None or info.schedules is None:
+        raise UsageError(f"{run.uri}: no trial {args.trial}")
+    if info.state != "COMPLETE":
+        raise UsageError(f"{run.uri}: trial {args.trial} is {info.state}; only a COMPLETE trial "
+                         f"can be replayed")
+    if os.path.exists(args.out):
+        raise UsageError(f"--out {args.out}: already exists; choose another path")
+    records = RunRecords(run)
+    trials = {r["number"]: r for r in records.read("trials").to_pylist()}
+    exploits = records.read("lineage").to_pylist()
+    config = run_config(run)
+    if config is None:
+        raise UsageError(f"{run.uri}: no config.yaml (the config the sweep ran with) to replay")
+    data = replay_config(config, args.trial, trials, exploits)
+    with open(args.out, "x") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    count = sum(e["member"] == args.trial for e in exploits)
+    console.print(f"{args.out}: trial {args.trial} from scratch with its effective schedules "
+                  f"({count} exploit{'' if count == 1 else 's'}); run it with: sweep run "
+                  f"{args.out}", highlight=False, markup=False)
+    if not args.run:
+        return EXIT_OK
+    return _run(argparse.Namespace(config=args.out, address=args.address, max_concurrent=None,
+                                   dry_run=False), console)
+
+
 COMMANDS = {"run": _run, "status": _status, "show": _show, "export": _export, "plot": _plot,
             "pause": _pause, "resume": _resume, "migrate": _migrate, "fork": _fork, "extend": _fork,
-            "dashboard": _dashboard}
+            "dashboard": _dashboard, "replay": _replay}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -195,6 +195,7 @@ class SweepConfig(_Strict):
     retries: int = Field(default=0, ge=0)
     max_restarts: int = Field(default=3, ge=0)
     seed: int = 0
+    trial_seed: Optional[int] = None
     loggers: list[LoggerConfig] = Field(default_factory=list)
 
     @field_validator("loggers", mode="before")

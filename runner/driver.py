@@ -141,7 +141,8 @@ class Sweep:
             schedule_specs=specs, steps=lineage.get("steps", budget.steps),
             report_every=budget.report_every,
             checkpoint_every=budget.checkpoint_every,
-            seed=derive_seed(self.config.seed, lineage.get("seed_trial", trial.number)),
+            seed=derive_seed(self.config.seed, lineage.get("seed_trial", trial.number))
+            if self.config.trial_seed is None else self.config.trial_seed,
             # nothing in the study names a path: a copied or moved run dir uses its own files
             checkpoint_root=self.root.uri_of(RunDir.checkpoint_dir(trial.number)),
             objective_metrics=self.objectives, wait_for_pruning=self.rules.decides,

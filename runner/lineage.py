@@ -7,13 +7,17 @@ child's past is the parent's). The driver then runs it (runner/driver.py ``_fork
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import yaml
 
 import schedules
 from runner.checkpoint import CHECKPOINT_NAME
+from runner.context import derive_seed
 from runner.rundir import RunDir
+
+if TYPE_CHECKING:
+    from runner.config import SweepConfig
 
 
 class ForkError(ValueError):
@@ -117,6 +121,36 @@ def plan_extend(run: RunDir, parent: int, parent_specs: Mapping[str, Any], budge
             raise ForkError(f"hyperparams.{name}: the extension differs from trial {parent}'s "
                             f"at step {differs}, before its branch point {at}")
     return specs, at
+
+
+def seed_root(number: int, trials: Mapping[int, Mapping[str, Any]],
+              exploits: Sequence[Mapping[str, Any]], until: float = float("inf")) -> int:
+    """The trial whose seed trial ``number``'s weights, data order and RNG streams descend from
+    (as of step ``until``): an exploit continues its donor's, a fork its parent's."""
+    own = sorted((e for e in exploits if e["member"] == number and e["step"] <= until),
+                 key=lambda e: e["step"])
+    if own:
+        return seed_root(own[-1]["donor"], trials, exploits, own[-1]["step"])
+    parent = trials.get(number, {}).get("parent")
+    return number if parent is None else seed_root(parent, trials, exploits,
+                                                   trials[number]["parent_step"])
+
+
+def replay_config(config: "SweepConfig", number: int, trials: Mapping[int, Mapping[str, Any]],
+                  exploits: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A one-trial config that trains trial ``number`` from scratch with its whole effective
+    schedule, its params and its lineage's seed: what a PBT member (or a fork) followed."""
+    import json
+
+    row = trials[number]
+    data = config.model_dump(mode="json", exclude_unset=True,
+                             exclude={"storage", "loggers", "search", "pruner"})
+    data.update(name=f"{config.name}-replay-{number}",
+                search={"sampler": "random", "seed": 0, "n_trials": 1},
+                hyperparams=json.loads(row["schedules"]), params=json.loads(row["params"]),
+                trial_seed=derive_seed(config.seed, seed_root(number, trials, exploits)))
+    data["budget"] = {**data["budget"], "steps": int(row["last_step"])}
+    return data
 
 
 def fork_problems(at: int, budget: int) -> None:

@@ -104,3 +104,25 @@ def test_pbt_is_unchanged_by_a_driver_killed_mid_generation_and_resumed(baseline
     outcome = _outcome(run_dir)
     assert "driver lost" in [e["reason"] for e in json.loads(outcome[3][0]["restart_log"])]
     _same_as(baseline, outcome, _lineage(run_dir))
+
+
+def test_sweep_replay_trains_a_member_from_scratch_on_its_effective_schedule(baseline, tmp_path,
+                                                                            monkeypatch, capsys):
+    """The replay follows the member's weights lineage: the donors' schedules until each
+    exploit, then the explored ones; with the lineage's seed it is the same run, bit for bit."""
+    from runner.cli import main
+
+    run_dir, ((_, applied, states, trials), lineage) = baseline
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(_pbt_data(run_dir)))
+    member, last = max(((m, s) for m, _, s, _, _ in lineage), key=lambda e: (e[1], e[0]))
+    monkeypatch.chdir(tmp_path)
+    assert main(["replay", str(run_dir), str(member), "--out", "replay.yaml", "--run"]) == 0
+    assert "replay.yaml: trial" in capsys.readouterr().out
+    assert main(["replay", str(run_dir), str(member), "--out", "replay.yaml"]) == 2  # no overwrite
+    replay_dir = tmp_path / "runs" / f"exact-replay-{member}"
+    _, replayed, replay_states, _ = _outcome(replay_dir)
+    spec = {n: schedules.from_spec(s) for n, s in json.loads(trials[member]["schedules"]).items()}
+    assert all(spec[name](step) == value for _, step, name, value in replayed)
+    assert [r[1:] for r in replayed if r[1] > last] == \
+        [r[1:] for r in applied if r[0] == member and r[1] > last]
+    assert replay_states[0] == states[member]  # the same weights lineage, bit for bit
