@@ -36,7 +36,7 @@ class PBTOptions(StrategyOptions):
     interval_steps: int = Field(ge=1)
     quantile: float = Field(default=0.25, gt=0, le=0.5)
     resample_probability: float = Field(default=0.25, ge=0, le=1)
-    perturb_factors: tuple[float, ...] = Field(default=(0.8, 1.2), min_length=1)
+    perturb_factors: list[float] = Field(default=[0.8, 1.2], min_length=1)
 
 
 class PBT(Strategy):

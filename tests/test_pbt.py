@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -126,3 +127,21 @@ def test_sweep_replay_trains_a_member_from_scratch_on_its_effective_schedule(bas
     assert [r[1:] for r in replayed if r[1] > last] == \
         [r[1:] for r in applied if r[0] == member and r[1] > last]
     assert replay_states[0] == states[member]  # the same weights lineage, bit for bit
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"search": {"interval_steps": 25}},
+     "search.interval_steps: expected a multiple of budget.report_every (10), got 25"),
+    ({"pruner": {"kind": "median"}}, "pruner.kind: expected none with search.strategy pbt"),
+    ({"search": {"population": 1}}, "search.population: Input should be greater than or equal to 2"),
+    ({"search": {"perturb_factor": [0.8]}},
+     "search.perturb_factor: unknown key (did you mean 'perturb_factors'?)"),
+])
+def test_pbt_config_mistakes_are_one_line(tmp_path, change, message):
+    from runner.config import ConfigError
+
+    data = _pbt_data(tmp_path / "run")
+    data["search"].update(change.get("search", {}))
+    data.update({k: v for k, v in change.items() if k != "search"})
+    with pytest.raises(ConfigError, match="^" + re.escape(f"pbt.yaml: {message}")):
+        parse_config(data, "pbt.yaml")
