@@ -44,7 +44,8 @@ def _config(run_dir: str) -> dict:
 
 
 def plot_run(run_dir: str, out: str, best: int = 3) -> PlotSet:
-    """Write history.png, curves.png, schedules.png and importances.png into ``out``.
+    """Write history.png, curves.png, schedules.png, importances.png and, for PBT,
+    population.png into ``out``.
 
     A run with no completed trial gets no PNGs, only a note: empty axes would read as a bug.
     """
@@ -66,6 +67,10 @@ def plot_run(run_dir: str, out: str, best: int = 3) -> PlotSet:
         "curves.png": curves_figure(trials, history, metric, [t["number"] for t in top]),
         "schedules.png": schedules_figure(top, int(config["budget"]["steps"])),
     }
+    exploits = records.read("lineage").to_pylist()
+    if exploits:
+        figures["population.png"] = population_figure(records.read("applied").to_pylist(),
+                                                      exploits)
     importances = importances_figure(run_dir, metric)
     if isinstance(importances, str):
         result.notes.append(importances)
@@ -180,6 +185,41 @@ def schedules_figure(top: list[dict], steps: int) -> Figure:
     axes[-1, 0].set_xlabel("step")
     axes[0, 0].set_title(f"schedules of the best {len(top)} trials")
     return fig
+
+
+def population_figure(applied: list[dict], exploits: list[dict]) -> Figure:
+    """A PBT population: each member's applied hyperparameters over steps, a marker where it
+    exploited another member (the values jump to the donor's, explored)."""
+    names = sorted({a["hyperparameter"] for a in applied if "." not in a["hyperparameter"]})
+    rows = max(1, len(names))
+    fig, axes = plt.subplots(rows, 1, figsize=(SIZE[0], 2.4 * rows), squeeze=False, sharex=True)
+    palette = plt.get_cmap("tab10")
+    members = sorted({a["trial"] for a in applied})
+    for ax, name in zip(axes[:, 0], names):
+        for index, member in enumerate(members):
+            points = sorted((a["step"], a["value"]) for a in applied
+                            if a["trial"] == member and a["hyperparameter"] == name)
+            if points:
+                ax.step(*zip(*points), where="post", color=palette(index % 10), lw=1.2,
+                        label=f"member {member}")
+        marks = [(e["step"], _value_after(applied, e, name)) for e in exploits]
+        marks = [m for m in marks if m[1] is not None]
+        if marks:
+            ax.scatter(*zip(*marks), marker="v", color="k", s=22, zorder=4, label="exploit")
+        _log_axis(ax, [a["value"] for a in applied if a["hyperparameter"] == name])
+        ax.set(ylabel=name)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=4)
+    axes[-1, 0].set_xlabel("step")
+    axes[0, 0].set_title(f"population: applied hyperparameters, {len(exploits)} exploits")
+    return fig
+
+
+def _value_after(applied: list[dict], exploit: dict, name: str) -> Optional[float]:
+    """The member's applied value at its first report after the exploit."""
+    after = sorted((a["step"], a["value"]) for a in applied if a["trial"] == exploit["member"]
+                   and a["hyperparameter"] == name and a["step"] > exploit["step"])
+    return after[0][1] if after else None
 
 
 def importances_figure(run_dir: str, metric: str) -> Figure | str:

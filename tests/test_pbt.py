@@ -145,3 +145,19 @@ def test_pbt_config_mistakes_are_one_line(tmp_path, change, message):
     data.update({k: v for k, v in change.items() if k != "search"})
     with pytest.raises(ConfigError, match="^" + re.escape(f"pbt.yaml: {message}")):
         parse_config(data, "pbt.yaml")
+
+
+def test_the_population_plot_shows_every_member_and_the_exploits(baseline, tmp_path):
+    from runner.plots import plot_run
+    from tests.test_plots import _shown
+
+    run_dir, (_, lineage) = baseline
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(_pbt_data(run_dir)))
+    paths = plot_run(str(run_dir), str(tmp_path)).paths
+    shown = _shown(next(p for p in paths if p.endswith("population.png")))
+    first = shown[0]
+    assert first["title"] == f"population: applied hyperparameters, {len(lineage)} exploits"
+    assert [s["label"] for s in first["series"]] == \
+        [f"member {n}" for n in range(4)] + ["exploit"]
+    assert first["series"][-1]["points"] == len(lineage)
+    assert [a["ylabel"] for a in shown] == ["learning_rate", "weight_decay"]
