@@ -225,6 +225,10 @@ def show_trial(console: Console, run_dir: str, number: int) -> bool:
     if info is not None and info.row is not None and info.row.get("parent") is not None:
         console.print(f"forked from trial {info.row['parent']} at step {info.row['parent_step']}",
                       highlight=False)
+    for exploit in records.read_trial("lineage", number).to_pylist():
+        console.print(f"exploited trial {exploit['donor']} at step {exploit['step']} "
+                      f"(generation {exploit['generation']}): its checkpoint, explored schedules",
+                      highlight=False)
     if info is not None and info.row is not None and info.row.get("checkpoint"):
         console.print(f"final checkpoint: {run.uri_of(info.row['checkpoint'])}", highlight=False)
     metrics = sorted(set(history.column("metric").to_pylist()))

@@ -120,6 +120,9 @@ def test_sweep_replay_trains_a_member_from_scratch_on_its_effective_schedule(bas
     assert main(["replay", str(run_dir), str(member), "--out", "replay.yaml", "--run"]) == 0
     assert "replay.yaml: trial" in capsys.readouterr().out
     assert main(["replay", str(run_dir), str(member), "--out", "replay.yaml"]) == 2  # no overwrite
+    capsys.readouterr()
+    assert main(["show", str(run_dir), str(member)]) == 0
+    assert f"at step {last} (generation {last // 20 - 1})" in capsys.readouterr().out
     replay_dir = tmp_path / "runs" / f"exact-replay-{member}"
     _, replayed, replay_states, _ = _outcome(replay_dir)
     spec = {n: schedules.from_spec(s) for n, s in json.loads(trials[member]["schedules"]).items()}
