@@ -369,25 +369,32 @@ class Sweep:
                                         f"{type(exc).__name__}: {exc}") from None
         return strategy
 
-    def _ask_strategy(self, method: str, *args: Any, default: Any) -> Any:
-        """Call the strategy and save its state if the call changed it. A strategy that raises
-        stops the sweep (resumable) with one line; its traceback goes to strategy_error.txt."""
+    def _ask_strategy(self, method: str, *args: Any, default: Any, save: bool = True) -> Any:
+        """Call the strategy and (unless ``save`` is False: the caller saves once the answer is
+        carried out) save its state if the call changed it. A strategy that raises stops the
+        sweep (resumable) with one line; its traceback goes to strategy_error.txt."""
         if self.strategy_failed:
             return default
         try:
             answer = getattr(self.strategy, method)(*args)
-            state = json.dumps(self.strategy.state_dict(), sort_keys=True)
+            if save:
+                self._save_strategy()
         except Exception as exc:  # user code: the sweep must stop cleanly, not crash
             import traceback
 
             self._strategy_failed(f"{method}() raised {type(exc).__name__}: {exc}",
                                   traceback.format_exc())
             return default
+        return answer
+
+    def _save_strategy(self) -> None:
+        """The strategy's state into the study, if it changed (a refused answer is not saved:
+        after the fix, the resumed strategy asks again)."""
+        state = json.dumps(self.strategy.state_dict(), sort_keys=True)
         if state != self._strategy_state:
             self._strategy_state = state
             study_lib.set_study_system_attr(self.study, STRATEGY_STATE_KEY, {
                 "strategy": self.config.search.strategy, "state": json.loads(state)})
-        return answer
 
     def _strategy_failed(self, problem: str, details: str = "") -> None:
         self.strategy_failed = True  # never asked again in this run
@@ -406,6 +413,16 @@ class Sweep:
                          schedules=handle.task.schedule_specs, values=dict(life.values or {}),
                          step=life.step, checkpoint_step=life.checkpoint_step,
                          parent=handle.lineage, point=handle.point or {})
+
+    def _release_held(self) -> None:
+        """The strategy ended with trials it paused: they become paused trials a user resumes
+        (``sweep resume RUN_DIR N``), said once each, instead of held for good."""
+        for number in sorted(self.held):
+            self._hold(number, False)
+            self.on_event("notice", {"message": f"trial {number}: paused by the strategy, which "
+                                                f"has ended; it stays paused (sweep resume "
+                                                f"{self.run_dir} {number})"})
+        self._save_paused()
 
     def _hold(self, number: int, held: bool) -> None:
         """A trial the strategy paused stays paused, also for a resumed driver, until it
@@ -478,7 +495,17 @@ class Sweep:
         """Carry out what the strategy starts next; False when it starts nothing now."""
         view = SweepView(trials=self._all_views, free_slots=self.capacity - self._on_worker(),
                          checkpoints=lambda n: checkpoint_steps(self.root, n))
-        answer = self._ask_strategy("next", view, default=DONE)
+        answer = self._ask_strategy("next", view, default=DONE, save=False)
+        started = self._carry_out(answer)
+        if not self.strategy_failed:
+            try:
+                self._save_strategy()
+            except Exception as exc:  # a state_dict that is not JSON data
+                self._strategy_failed(f"state_dict() raised {type(exc).__name__}: {exc}")
+        return started
+
+    def _carry_out(self, answer: Any) -> bool:
+        """What ``next`` answered; False when it starts nothing now."""
         if isinstance(answer, NewTrial):
             self._start_new(answer)
         elif isinstance(answer, Fork):
@@ -495,6 +522,7 @@ class Sweep:
         elif answer in (WAIT, DONE):
             # waiting with nothing running would wait forever: the strategy has ended
             self.exhausted = True
+            self._release_held()
             return False
         else:
             self._strategy_failed(f"next() answered {answer!r}; expected NewTrial, Fork, Resume "

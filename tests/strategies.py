@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 from runner.strategy import DONE, WAIT, Fork, NewTrial, Resume, Strategy, StrategyOptions
@@ -83,3 +84,43 @@ class ForksAPast(Strategy):
 
 class NotAStrategy:
     pass
+
+
+class PausesForever(Strategy):
+    """Two trials; trial 0 paused at its report of step 50, never resumed: the strategy ends."""
+
+    decides_at_reports = True
+
+    def next(self, sweep):
+        return NewTrial() if len(sweep.trials) < 2 else DONE
+
+    def decide(self, trial, step, metrics):
+        return "pause" if trial.number == 0 and step == 50 else "continue"
+
+
+class ForksOnce(Strategy):
+    """Like the README's BestTwice: marks the fork done before answering it; the fork drops a
+    schedule while the environment says so (a bug the user then fixes)."""
+
+    def __init__(self, config, study):
+        super().__init__(config, study)
+        self.forked = False
+
+    def next(self, sweep):
+        if not sweep.trials:
+            return NewTrial()
+        if self.forked:
+            return DONE
+        if sweep.running():
+            return WAIT
+        self.forked = True
+        specs = dict(sweep.trials[0].schedules)
+        if os.environ.get("SWEEP_TEST_BREAK_FORK"):
+            specs.pop("b1")
+        return Fork(0, 100, specs)
+
+    def state_dict(self):
+        return {"forked": self.forked}
+
+    def load_state_dict(self, state):
+        self.forked = state["forked"]

@@ -130,3 +130,32 @@ def test_the_registries_hold_every_name_the_config_accepts():
 
     assert set(SAMPLERS) == set(typing.get_args(Search.model_fields["sampler"].annotation))
     assert set(PRUNERS) == set(typing.get_args(Pruner.model_fields["kind"].annotation))
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_trial_the_strategy_paused_and_left_is_a_paused_trial_the_user_resumes(tmp_path):
+    from runner.control import ControlChannel
+
+    run_dir = tmp_path / "run"
+    data = _data(run_dir, "tests.trainables:quadratic", objective={"metric": "loss"},
+                 search={"strategy": "tests.strategies:PausesForever"})
+    events = []
+    Sweep(parse_config(data, "s.yaml"), on_event=lambda k, i: events.append((k, i))).run()
+    assert ControlChannel(str(run_dir)).paused() == {0}
+    assert any("paused by the strategy, which has ended" in i.get("message", "")
+               for k, i in events if k == "notice")
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_refused_fork_is_asked_again_once_fixed(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    data = _data(run_dir, "tests.trainables:quadratic", objective={"metric": "loss"},
+                 search={"strategy": "tests.strategies:ForksOnce"}, checkpoint={"keep_last": 10})
+    monkeypatch.setenv("SWEEP_TEST_BREAK_FORK", "1")
+    sweep = Sweep(parse_config(data, "s.yaml"))
+    sweep.run()
+    assert "are not the parent trial 0's" in sweep.abort_reason
+    monkeypatch.delenv("SWEEP_TEST_BREAK_FORK")
+    Sweep(parse_config(data, "s.yaml")).run()
+    trials = _outcome(run_dir)[3]
+    assert trials[1]["parent"] == 0 and trials[1]["parent_step"] == 100
