@@ -5,10 +5,12 @@
     for batch in data:
         loss(batch).backward(); optimizer.step(); optimizer.zero_grad(); scheduler.step()
 
-The schedule, not the optimizer's ``param_groups``, is the source of truth: the scheduled values
-for the current update are written again right before every ``optimizer.step()`` and right after
-every ``optimizer.load_state_dict()``, so a checkpoint restores the exact sequence in either load
-order, and values a checkpoint or a PBT mutation left in ``param_groups`` cannot override it.
+The schedule, not the optimizer's ``param_groups``, is the source of truth: right before every
+``optimizer.step()`` the param groups are checked to hold the scheduled values for the current
+update, and whatever else is there is overwritten, as it is right after every
+``optimizer.load_state_dict()``; so a checkpoint restores the exact sequence in either load order,
+and values a checkpoint or a PBT mutation left in ``param_groups`` cannot override it. The check
+is by identity (the very objects the scheduler stored), so it costs a few comparisons per step.
 """
 
 from __future__ import annotations
@@ -57,6 +59,25 @@ class _Slot:
     schedule: Schedule
     state: dict[str, Any] | None
     column: list[float]
+
+
+@dataclass
+class _Entry:
+    """One param_group key with scheduled values: a number (one slot), or a tuple such as
+    ``betas`` whose scheduled elements are its slots (in position order).
+
+    ``whole``: the schedule determines the entire value (a number, or a tuple whose every element
+    is scheduled), so ``column`` holds the exact objects to store, tuples prebuilt per chunk.
+    Otherwise (a tuple with unscheduled elements) the tuple is rebuilt around the others, and
+    ``written`` holds the last tuple stored, the object the guard looks for.
+    """
+
+    group: int
+    field: str
+    slots: list[_Slot]
+    whole: bool
+    column: list[Any]
+    written: list[Any]
 
 
 def _is_number(value: Any) -> bool:
@@ -150,20 +171,82 @@ class HyperparamScheduler(LRScheduler):
                         from None
                 state = _plain(schedule.init_state()) if schedule.stateful else None
                 self._slots.append(_Slot(group, name, key, field, pos, schedule, state, []))
-        self._plan: list[tuple[int, str, int | None, list[float]]] = []
-        self._chunk: int | None = None
+        self._entries = self._group(optimizer)
+        # The per-step state. A chunk's values for the whole entries are rows, one tuple per
+        # update in the order of _where; _row is the row last stored, for update _row_epoch: the
+        # very int object last_epoch then held, so one identity test says nobody set last_epoch.
+        self._where: tuple[tuple[int, str], ...] = tuple(
+            (e.group, e.field) for e in self._entries if e.whole)
+        self._partial: list[tuple[int, str, list[Any], list[tuple[int, list[float]]]]] = []
+        self._rows: list[tuple[Any, ...]] = []
+        self._start = -1  # the first update of the chunk in _rows; -1: none computed
+        self._i = 0  # _row's index in _rows
+        self._row: tuple[Any, ...] | None = None
+        self._row_epoch: int | None = None
+        lr = {g: j for j, (g, key) in enumerate(self._where) if key == "lr"}
+        self._lr_slots = [lr[g] for g in range(len(optimizer.param_groups))] \
+            if lr.keys() == set(range(len(optimizer.param_groups))) else None
+        self._lr_row: tuple[Any, ...] = ()  # with _last_lr None: get_last_lr() is read off it
+        self._last_lr: list[float | Tensor] | None = []
         self.last_epoch = 0
         self._apply()
-        self.base_lrs = list(self._last_lr)
-        for handle in (optimizer.register_step_pre_hook(self._hook()),
-                       optimizer.register_load_state_dict_post_hook(self._hook())):
+        self.base_lrs = list(self.get_last_lr())
+        for handle in (optimizer.register_step_pre_hook(self._pre_hook()),
+                       optimizer.register_load_state_dict_post_hook(self._post_hook())):
             weakref.finalize(self, handle.remove)  # a scheduler that is dropped stops driving
 
-    def _hook(self) -> Callable[..., None]:
-        """An optimizer hook that re-writes the scheduled values; holds the scheduler weakly."""
+    def _group(self, optimizer: Optimizer) -> list[_Entry]:
+        """The slots gathered by param_group key: ``betas.0`` and ``betas.1`` make one entry."""
+        by_key: dict[tuple[int, str], list[_Slot]] = {}
+        for slot in self._slots:
+            by_key.setdefault((slot.group, slot.field), []).append(slot)
+        entries = []
+        for (group, field), slots in by_key.items():
+            slots.sort(key=lambda s: -1 if s.pos is None else s.pos)
+            whole = slots[0].pos is None or (
+                [s.pos for s in slots] == list(range(len(optimizer.param_groups[group][field]))))
+            entries.append(_Entry(group, field, slots, whole, [], [None]))
+        return entries
+
+    def _pre_hook(self) -> Callable[[Optimizer, Any, Any], None]:
+        """The optimizer's step pre-hook, the guard: before every update, make sure the param
+        groups hold the scheduled values for ``last_epoch``. It holds the scheduler weakly.
+
+        What :meth:`_write` and :meth:`step` stored is recognised by identity (the very float or
+        tuple object of the row), so when nothing touched the param groups since, the guard only
+        compares; any other value (a checkpoint's, a PBT mutation's, a tensor, a value written
+        into a tensor) gets the full write. The check is inlined here: it runs every update.
+        """
         ref = weakref.ref(self)
 
-        def rewrite(optimizer: Optimizer, *_: Any) -> None:
+        def guard(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+            scheduler = ref()
+            if scheduler is None:
+                return
+            if scheduler.last_epoch is scheduler._row_epoch:
+                row = scheduler._row
+                groups = optimizer.param_groups
+                j = 0
+                for group, key in scheduler._where:
+                    if groups[group][key] is not row[j]:
+                        break
+                    j += 1
+                else:
+                    for group, key, written, _ in scheduler._partial:
+                        if groups[group][key] is not written[0]:
+                            break
+                    else:
+                        return
+            scheduler._write()
+
+        return guard
+
+    def _post_hook(self) -> Callable[[Optimizer], None]:
+        """The optimizer's load_state_dict post-hook: the full write. It holds the scheduler
+        weakly."""
+        ref = weakref.ref(self)
+
+        def rewrite(optimizer: Optimizer) -> None:
             scheduler = ref()
             if scheduler is not None:
                 scheduler._write()
@@ -176,36 +259,119 @@ class HyperparamScheduler(LRScheduler):
         for slot in self._slots:
             slot.column = ([float(slot.state["value"])] * CHUNK if slot.state is not None
                            else slot.schedule.values(start, stop).tolist())
-        self._plan = [(s.group, s.field, s.pos, s.column) for s in self._slots]
-        self._chunk = chunk
+        self._assemble()
+        self._start = start
+
+    def _assemble(self) -> None:
+        """The rows and partial-tuple plan from the slots' columns."""
+        for entry in self._entries:
+            if entry.whole:
+                entry.column = (entry.slots[0].column if entry.slots[0].pos is None
+                                else list(zip(*(s.column for s in entry.slots))))
+        columns = [e.column for e in self._entries if e.whole]
+        self._rows = list(zip(*columns)) if columns else [()] * CHUNK
+        self._partial = [(e.group, e.field, e.written, [(s.pos, s.column) for s in e.slots])
+                         for e in self._entries if not e.whole]
 
     def _write(self) -> None:
-        """Put the values for update ``last_epoch`` into the param groups (the per-step path)."""
-        chunk, i = divmod(self.last_epoch, CHUNK)
-        if chunk != self._chunk:
-            self._fill(chunk)
+        """Put the values for update ``last_epoch`` into the param groups, whatever they hold.
+
+        Tensors (capturable / fused optimizers read lr in place) are filled in place, tuples
+        rebuilt around their unscheduled elements. This is the full write: construction, chunk
+        boundaries, loads, reports, and the guard when something else changed a param group.
+        """
+        epoch = self.last_epoch
+        i = epoch - self._start
+        if self._start < 0 or not 0 <= i < CHUNK:
+            self._fill(epoch // CHUNK)
+            i = epoch - self._start
         groups = self.optimizer.param_groups
-        for group, field, pos, column in self._plan:
-            params = groups[group]
+        for entry in self._entries:
+            params, field = groups[entry.group], entry.field
             current = params[field]
-            if pos is None:
+            if entry.slots[0].pos is None:
                 if isinstance(current, Tensor):
-                    current.fill_(column[i])  # capturable / fused optimizers read lr in place
+                    current.fill_(entry.column[i])
                 else:
-                    params[field] = column[i]
-            elif isinstance(current[pos], Tensor):
-                current[pos].fill_(column[i])
-            else:
-                params[field] = (*current[:pos], column[i], *current[pos + 1:])
+                    params[field] = entry.column[i]
+                continue
+            if (entry.whole and isinstance(current, (tuple, list))
+                    and len(current) == len(entry.slots)
+                    and not any(isinstance(v, Tensor) for v in current)):
+                params[field] = entry.column[i]
+                continue
+            for slot in entry.slots:
+                current, pos = params[field], slot.pos
+                if isinstance(current[pos], Tensor):
+                    current[pos].fill_(slot.column[i])
+                else:
+                    params[field] = (*current[:pos], slot.column[i], *current[pos + 1:])
+            current = params[field]
+            entry.written[0] = current if type(current) is tuple and not any(
+                isinstance(current[s.pos], Tensor) for s in entry.slots) else None
+        self._i, self._row, self._row_epoch = i, self._rows[i], epoch
+
+    def _snapshot_lr(self) -> None:
+        """``get_last_lr()``'s list: each param group's lr now, a tensor one as a copy."""
+        lrs = []
+        for group in self.optimizer.param_groups:  # a loop, not a comprehension: half the cost
+            lr = group["lr"]
+            if type(lr) is not float and isinstance(lr, Tensor):  # isinstance(x, Tensor) is slow
+                lr = lr.clone()
+            lrs.append(lr)
+        self._last_lr = lrs
+
+    def get_last_lr(self) -> list[float | Tensor]:
+        """Each param group's lr as of the last :meth:`step` (or construction, load, report)."""
+        if self._last_lr is None:  # step() left it to be read off the row it stored
+            row = self._lr_row
+            self._last_lr = [row[j] for j in self._lr_slots]  # type: ignore[union-attr]
+        return self._last_lr
 
     def _apply(self) -> None:
         self._write()
-        self._last_lr = [lr.clone() if isinstance(lr, Tensor) else lr
-                         for lr in (g["lr"] for g in self.optimizer.param_groups)]
+        self._snapshot_lr()
 
     def step(self) -> None:  # type: ignore[override]
-        """Advance to the next update and write its values into the optimizer."""
-        self.last_epoch += 1
+        """Advance to the next update and write its values into the optimizer.
+
+        The per-step path: where each param group still holds what was stored for the previous
+        update (checked by identity), the next row's values are stored without further checks;
+        anything else gets the full write.
+        """
+        last = self.last_epoch
+        if last is self._row_epoch:
+            i = self._i + 1
+            if i < CHUNK:
+                row, previous = self._rows[i], self._row
+                groups = self.optimizer.param_groups
+                j = 0
+                for group, key in self._where:
+                    params = groups[group]
+                    if params[key] is not previous[j]:
+                        break
+                    params[key] = row[j]
+                    j += 1
+                else:
+                    for group, key, written, slots in self._partial:
+                        params = groups[group]
+                        current = params[key]
+                        if current is not written[0]:
+                            break
+                        new = list(current)
+                        for pos, column in slots:
+                            new[pos] = column[i]
+                        params[key] = written[0] = tuple(new)
+                    else:
+                        self._i, self._row = i, row
+                        self.last_epoch = self._row_epoch = last + 1
+                        if self._lr_slots is not None and len(groups) == len(self._lr_slots):
+                            self._last_lr = None  # every group's lr is in the row
+                            self._lr_row = row
+                        else:
+                            self._snapshot_lr()
+                        return
+        self.last_epoch = last + 1
         self._apply()
 
     def report(self, metric: float) -> None:
@@ -221,7 +387,8 @@ class HyperparamScheduler(LRScheduler):
         for slot in stateful:
             schedule: ReduceOnPlateau = slot.schedule  # type: ignore[assignment]
             slot.state = _plain(schedule.update(slot.state, value, np))
-            slot.column[:] = [float(slot.state["value"])] * CHUNK  # in place: _plan shares it
+            slot.column[:] = [float(slot.state["value"])] * CHUNK  # in place: partials share it
+        self._assemble()
         self._apply()
 
     def state_dict(self) -> dict[str, Any]:
@@ -279,7 +446,7 @@ class HyperparamScheduler(LRScheduler):
         for where, state in states.items():
             ours[where].state = state
         self.last_epoch = last_epoch
-        self._chunk = None
+        self._start, self._row_epoch = -1, None
         self._apply()
 
 

@@ -543,3 +543,222 @@ def test_a_state_dict_loads_into_a_schedule_that_agrees_with_its_past():
     shorter = sched_torch.attach(_adamw(_mlp()), learning_rate={**wsd, "stable_steps": 20})
     with pytest.raises(ScheduleError, match="differs from it at step 31"):
         shorter.load_state_dict(parent.state_dict())
+
+
+# --- the guard: the schedule's values are what every update uses -------------------------------------
+
+
+def _exact(spec: dict, step: int) -> float:
+    """The value the adapter writes for ``step``: computed per aligned chunk, bit for bit."""
+    chunk = step // schedules.CHUNK
+    values = schedules.from_spec(spec).values(chunk * schedules.CHUNK,
+                                              (chunk + 1) * schedules.CHUNK)
+    return values.tolist()[step % schedules.CHUNK]
+
+
+def _exact_hyper(step: int) -> tuple[float, float, float, float]:
+    return (_exact(WARMUP_COSINE, step), _exact(B1_RAMP, step), 0.999, _exact(WD_DECAY, step))
+
+
+def _overwrite(optimizer: torch.optim.Optimizer, what: str) -> None:
+    """What a checkpoint, a PBT mutation or a user's line may leave in a param group."""
+    group = optimizer.param_groups[0]
+    if what == "lr":
+        group["lr"] = 42.0
+    elif what == "lr_equal_copy":  # the same value in another float object
+        group["lr"] = float(repr(float(group["lr"])))
+    elif what == "lr_tensor":
+        group["lr"] = torch.tensor(42.0, dtype=torch.float64)
+    elif what == "betas":
+        group["betas"] = (0.0, 0.5)
+    elif what == "betas_list":
+        group["betas"] = [0.1, 0.2]
+    elif what == "weight_decay":
+        group["weight_decay"] = 9.0
+    elif what == "group_dict":  # the whole dict replaced, its values copied
+        optimizer.param_groups[0] = {**group, "weight_decay": 9.0}
+    elif what == "group_dict_same_values":
+        optimizer.param_groups[0] = dict(group)
+    elif what == "load_state_dict":  # in process: the loaded groups hold the very same floats
+        optimizer.load_state_dict(optimizer.state_dict())
+    else:
+        raise AssertionError(what)
+
+
+OVERWRITES = ["lr", "lr_equal_copy", "lr_tensor", "betas", "betas_list", "weight_decay",
+              "group_dict", "group_dict_same_values", "load_state_dict"]
+
+
+@pytest.mark.parametrize("what", OVERWRITES)
+@pytest.mark.parametrize("when", ["before_optimizer_step", "before_scheduler_step"])
+def test_values_overwritten_between_steps_are_replaced_before_the_update(what, when):
+    """Every update uses the schedule's values, bit for bit, whatever was written into the param
+    groups between steps, also at a chunk boundary; and after each ``scheduler.step()`` the param
+    groups hold them too."""
+    model = _mlp()
+    optimizer = _adamw(model)
+    scheduler = sched_torch.attach(optimizer, learning_rate=WARMUP_COSINE, b1=B1_RAMP,
+                                   b2=0.999, weight_decay=WD_DECAY)
+    used = []
+    optimizer.register_step_pre_hook(lambda opt, *_: used.append(_hyper(opt)))
+    meddle = {0, 1, 2, 7, schedules.CHUNK - 1, schedules.CHUNK, schedules.CHUNK + 1}
+    steps = schedules.CHUNK + 4
+    model(torch.randn(4, 8)).sum().backward()
+    for k in range(steps):
+        if when == "before_optimizer_step" and k in meddle:
+            _overwrite(optimizer, what)
+        optimizer.step()
+        if when == "before_scheduler_step" and k in meddle:
+            _overwrite(optimizer, what)
+        scheduler.step()
+        assert _hyper(optimizer) == _exact_hyper(k + 1)
+        assert isinstance(optimizer.param_groups[0]["betas"], tuple)
+        if k in meddle:  # get_last_lr() is what step() left, whatever is written afterwards
+            _overwrite(optimizer, what)
+        assert [float(lr) for lr in scheduler.get_last_lr()] == [_exact(WARMUP_COSINE, k + 1)]
+    assert used == [_exact_hyper(k) for k in range(steps)]
+    if what == "lr_tensor":  # a tensor lr is filled in place, as capturable optimizers need
+        assert isinstance(optimizer.param_groups[0]["lr"], torch.Tensor)
+
+
+def test_each_key_is_written_once_per_step_and_not_again_by_the_guard():
+    """``scheduler.step()`` stores each driven key once; the pre-hook only checks, and writes
+    when something else changed a value."""
+
+    class Counting(dict):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.writes = []
+
+        def __setitem__(self, key, value):
+            self.writes.append(key)
+            super().__setitem__(key, value)
+
+    model = _mlp()
+    optimizer = _adamw(model)
+    scheduler = sched_torch.attach(optimizer, learning_rate=WARMUP_COSINE, b1=B1_RAMP,
+                                   b2=0.999, weight_decay=WD_DECAY)
+    group = optimizer.param_groups[0] = Counting(optimizer.param_groups[0])
+    model(torch.randn(4, 8)).sum().backward()
+    for k in range(schedules.CHUNK + 3):
+        optimizer.step()
+        assert group.writes == [], k
+        scheduler.step()
+        assert sorted(group.writes) == ["betas", "lr", "weight_decay"], k
+        assert _hyper(optimizer) == _exact_hyper(k + 1)
+        group.writes.clear()
+    dict.__setitem__(group, "lr", 7.0)  # behind the counter's back: the guard must notice
+    optimizer.step()
+    assert "lr" in group.writes and group["lr"] == _exact(WARMUP_COSINE, schedules.CHUNK + 3)
+
+
+def test_a_tuple_with_an_unscheduled_element_keeps_that_element():
+    """Only b1 is scheduled: b2 is whatever the param group holds, and survives every write."""
+    model = _mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1, betas=(0.5, 0.99))
+    scheduler = sched_torch.attach(optimizer, b1=B1_RAMP)
+    used = []
+    optimizer.register_step_pre_hook(lambda opt, *_: used.append(opt.param_groups[0]["betas"]))
+    model(torch.randn(4, 8)).sum().backward()
+    b2 = [0.99] * 3 + [0.777] * 4 + [0.5] * 4  # the b2 update k uses
+    for k in range(len(b2)):
+        if k == 3:
+            optimizer.param_groups[0]["betas"] = (0.0, 0.777)  # before an update
+        optimizer.step()
+        if k == 6:
+            optimizer.param_groups[0]["betas"] = [0.3, 0.5]  # before scheduler.step()
+        scheduler.step()
+        held = 0.99 if k < 3 else 0.777 if k < 6 else 0.5
+        assert optimizer.param_groups[0]["betas"] == (_exact(B1_RAMP, k + 1), held)
+    assert used == [(_exact(B1_RAMP, k), b2[k]) for k in range(len(b2))]
+
+
+def test_a_tensor_hyperparameter_changed_in_place_is_restored():
+    model = _mlp()
+    lr = torch.tensor(1.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, fused=True)
+    scheduler = sched_torch.attach(optimizer, learning_rate=WARMUP_COSINE)
+    used = []
+    optimizer.register_step_pre_hook(lambda opt, *_: used.append(opt.param_groups[0]["lr"].item()))
+    model(torch.randn(4, 8)).sum().backward()
+    for k in range(6):
+        lr.fill_(5.0)  # someone writes into the tensor the optimizer reads
+        optimizer.step()
+        scheduler.step()
+    assert used == [torch.tensor(_exact(WARMUP_COSINE, k)).item() for k in range(6)]
+    assert optimizer.param_groups[0]["lr"] is lr
+
+
+def test_last_epoch_set_by_hand_is_followed():
+    model = _mlp()
+    optimizer = _adamw(model)
+    scheduler = sched_torch.attach(optimizer, learning_rate=WARMUP_COSINE, b1=B1_RAMP,
+                                   b2=0.999, weight_decay=WD_DECAY)
+    used = []
+    optimizer.register_step_pre_hook(lambda opt, *_: used.append(_hyper(opt)))
+    model(torch.randn(4, 8)).sum().backward()
+    previous = 0
+    for epoch in (5, 700, 3, 1023, 6):  # in this chunk, another, back, the last of one, back
+        scheduler.last_epoch = epoch
+        optimizer.step()  # the guard computes another chunk: get_last_lr() is still the last step's
+        assert scheduler.get_last_lr() == [_exact(WARMUP_COSINE, previous)]
+        scheduler.step()
+        assert _hyper(optimizer) == _exact_hyper(epoch + 1)
+        previous = epoch + 1
+    assert used == [_exact_hyper(k) for k in (5, 700, 3, 1023, 6)]
+
+
+def test_plateau_on_a_tuple_element_next_to_a_scheduled_one():
+    model = _mlp()
+    optimizer = _adamw(model)
+    plateau = {**PLATEAU, "init_value": 0.9}
+    scheduler = sched_torch.attach(optimizer, b1=plateau, b2=B1_RAMP)
+    used = []
+    optimizer.register_step_pre_hook(lambda opt, *_: used.append(opt.param_groups[0]["betas"]))
+    model(torch.randn(4, 8)).sum().backward()
+    b1 = []
+    for k, metric in enumerate((1.0, 2.0, 3.0, 4.0, 5.0, 0.1)):
+        b1.append(scheduler.state_dict()["hyperparams"][0]["state"]["value"])
+        optimizer.step()
+        scheduler.step()
+        scheduler.report(metric)
+        assert optimizer.param_groups[0]["betas"] == (
+            scheduler.state_dict()["hyperparams"][0]["state"]["value"], _exact(B1_RAMP, k + 1))
+    assert b1 == [0.9, 0.9, 0.9, 0.45, 0.45, 0.225]
+    assert used == [(b1[k], _exact(B1_RAMP, k)) for k in range(6)]
+
+
+OPS = st.lists(st.one_of(st.just(("update",)), st.just(("scheduler_step",)),
+                         st.just(("get_last_lr",)),
+                         st.tuples(st.just("overwrite"), st.sampled_from(OVERWRITES)),
+                         st.tuples(st.just("jump"), st.integers(0, 3 * schedules.CHUNK))),
+               max_size=60)
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops=OPS)
+def test_any_interleaving_of_steps_and_meddling_uses_the_schedule(ops):
+    """Whatever happens between them, each update uses the values for ``last_epoch``."""
+    model = _mlp()
+    optimizer = _adamw(model)
+    scheduler = sched_torch.attach(optimizer, learning_rate=WARMUP_COSINE, b1=B1_RAMP,
+                                   b2=0.999, weight_decay=WD_DECAY)
+    used, want, last_lr = [], [], [_exact(WARMUP_COSINE, 0)]
+    optimizer.register_step_pre_hook(lambda opt, *_: used.append(_hyper(opt)))
+    model(torch.randn(4, 8)).sum().backward()
+    for op in ops:
+        if op[0] == "update":
+            want.append(_exact_hyper(scheduler.last_epoch))
+            optimizer.step()
+        elif op[0] == "scheduler_step":
+            scheduler.step()
+            assert _hyper(optimizer) == _exact_hyper(scheduler.last_epoch)
+            last_lr = [_exact(WARMUP_COSINE, scheduler.last_epoch)]
+        elif op[0] == "get_last_lr":  # not after every op: it may be computed when first asked
+            assert [float(lr) for lr in scheduler.get_last_lr()] == last_lr
+        elif op[0] == "overwrite":
+            _overwrite(optimizer, op[1])
+        else:
+            scheduler.last_epoch = op[1]
+    assert used == want
+    assert [float(lr) for lr in scheduler.get_last_lr()] == last_lr
