@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 a bad config or argument (one line, nothing created), 1
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -376,10 +377,14 @@ def _fork(args: argparse.Namespace, console: Console) -> int:
     the live driver, or leave it for the stopped sweep's next run."""
     from runner.control import ControlChannel
     from runner.lineage import ForkError, fork_notes, fork_problems, plan_extend, plan_fork
-    from runner.report import find_trial, run_config
+    from runner.report import find_trial, run_config, study_trials
 
     run = _run_dir(args.run_dir)
     info = find_trial(run, args.trial)
+    if info is not None and info.schedules is None:  # running on a live sweep: the study has it
+        frozen = next((t for t in study_trials(run) or [] if t.number == args.trial), None)
+        specs = frozen.user_attrs.get("schedule_specs") if frozen is not None else None
+        info = dataclasses.replace(info, schedules=specs)
     if info is None or info.schedules is None:
         raise UsageError(f"{run.uri}: no trial {args.trial}")
     try:

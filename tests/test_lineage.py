@@ -87,13 +87,16 @@ def test_sweep_fork_through_the_cli_on_a_live_sweep_and_refusals(parent_run, tmp
         if kind == "finished" and info["number"] == 0 and not asked:
             asked["rc"] = main(["fork", str(run_dir), "0", "--at", "40",
                                 "--set", "hyperparams.learning_rate.stable_steps=100"])
+        if kind == "report" and info["number"] == 1 and info["step"] >= 60 and "running" not in asked:
+            asked["running"] = main(["fork", str(run_dir), "1", "--at", "40"])  # still running
 
     Sweep(parse_config(data, "live.yaml"), on_event=fork_when_trial_0_is_done).run()
-    assert asked == {"rc": 0}
+    assert asked == {"rc": 0, "running": 0}
     trials = _outcome(run_dir)[3]
-    (fork,) = [t for t in trials.values() if t["parent"] is not None]
-    assert sorted(trials) == [0, 1, 2]  # the fork takes the next number, beyond n_trials: 2
-    assert fork["parent"] == 0 and fork["parent_step"] == 40 and fork["state"] == "COMPLETE"
+    forks = sorted((t["parent"], t["parent_step"], t["state"]) for t in trials.values()
+                   if t["parent"] is not None)
+    assert sorted(trials) == [0, 1, 2, 3]  # forks take the next numbers, beyond n_trials: 2
+    assert forks == [(0, 40, "COMPLETE"), (1, 40, "COMPLETE")]
     capsys.readouterr()
     assert main(["fork", str(run_dir), "0", "--at", "40",
                  "--set", "hyperparams.learning_rate.warmup_steps=5"]) == 2
