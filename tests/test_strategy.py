@@ -112,7 +112,7 @@ def test_a_strategy_fork_that_changes_the_past_is_refused(tmp_path, capsys):
      "search.strategy: tests.strategies:NotAStrategy: expected a subclass of "
      "runner.strategy.Strategy"),
     ({"strategy": "tests.nowhere:Thing"}, "search.strategy: tests.nowhere:Thing: No module"),
-    ({"strategy": "pbtt"}, "search.strategy: expected optuna or 'package.module:Class'"),
+    ({"strategy": "pbtt"}, "search.strategy: expected optuna, pbt or 'package.module:Class'"),
     ({"n_trails": 3}, "search.n_trails: unknown key (did you mean 'n_trials'?)"),
     ({"sampler": "tpe"}, "search.n_trials: missing required key"),
 ])
