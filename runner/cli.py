@@ -228,6 +228,10 @@ def _check_steerable(run: "RunDir", number: int, action: str) -> None:
     if info.finished:
         raise UsageError(f"{run.uri}: trial {number} is finished ({info.state}); "
                          f"nothing to {action}")
+    if info.held and action == "resume":
+        raise UsageError(f"{run.uri}: trial {number} is paused by the search strategy, which "
+                         f"resumes it itself; nothing to resume (sweep resume {run.uri} "
+                         f"continues a stopped sweep)")
 
 
 def _dry_run(config: SweepConfig, console: Console) -> int:
@@ -439,6 +443,9 @@ def _replay(args: argparse.Namespace, console: Console) -> int:
                          f"can be replayed")
     if os.path.exists(args.out):
         raise UsageError(f"--out {args.out}: already exists; choose another path")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise UsageError(f"--out {args.out}: no directory {os.path.dirname(args.out)!r}; "
+                         f"create it or choose another path")
     records = RunRecords(run)
     trials = {r["number"]: r for r in records.read("trials").to_pylist()}
     exploits = records.read("lineage").to_pylist()

@@ -258,7 +258,7 @@ class TrialContext:
         elif self._restored is not None and self._restored.metadata.get("trial") == self.number:
             replay = list(self._restored.metadata.get("reports") or [])  # a fork's are its parent's
         self._emit({"type": "started", "step": self.start_step, "replay": replay,
-                    "notice": notice})
+                    "notice": notice, "stateless": not self.tracks_state})
 
     def steps(self) -> Iterator[int]:
         """Update indices from the resume point to the budget; checkpoints between them, and a

@@ -74,6 +74,7 @@ class Handle:
     placement: Optional[dict] = None
     lineage: Optional[dict] = None  # a fork's parent: trial, step, checkpoint, digest, seed_trial
     point: Optional[dict] = None  # its sampled Optuna parameters
+    stateless: bool = False  # its trainable declares no state: a pause could only start over
 
 
 @dataclass
@@ -115,7 +116,9 @@ class Sweep:
         self.abort_reason: Optional[str] = None  # why the sweep stopped early, in one line
         self.strategy_failed = False
         self.held: set[int] = set()  # paused by the strategy (not by a user): it resumes them
+        self.user_held: set[int] = set()  # held ones a user paused too: they wait for the user
         self.exhausted = False
+        self.timed_out = False  # search.timeout has passed (said once)
         self.control = ControlChannel(self.run_dir)
         self.unpause = unpause  # paused trials to resume: None for all
         self.on_claimed = on_claimed  # runs once this process drives the run dir (saves config)
@@ -221,6 +224,8 @@ class Sweep:
         life.resumed_by_new_driver("sweep resumed" if stopped else "driver lost", time.time())
         if frozen.system_attrs.get("held"):
             self.held.add(frozen.number)
+            if frozen.number in paused:
+                self.user_held.add(frozen.number)
         if frozen.number in paused or frozen.number in self.held:
             life.state = lc.State.PAUSED
         self.trials[frozen.number] = life
@@ -258,9 +263,19 @@ class Sweep:
                     self._strategy_failed(f"decide() answered {decision!r}; expected "
                                           f"'continue', 'prune' or 'pause'")
                     decision = "continue"
+                elif decision == "pause" and handle.stateless:
+                    self._strategy_failed(f"it paused trial {life.number} at step {action.step}, "
+                                          f"but the trainable {self.config.trainable} declares "
+                                          f"no state (ctx.track / ctx.track_pytree) to go on "
+                                          f"from; declare it to use this strategy")
+                    decision = "continue"
                 # a pause is answered to the waiting report: it checkpoints at exactly this step
                 handle.worker.actor.decide.remote(life.number, decision)
-                if decision == "pause":
+                if decision == "pause" and life.pausing:  # a user's pause came first
+                    self._hold(life.number, True)
+                    self.user_held.add(life.number)
+                    self._save_paused()
+                elif decision == "pause":
                     self._hold(life.number, True)
                     self._apply(life, lc.Control("pause", worker_told=True))
         elif isinstance(action, lc.AnswerWorker):
@@ -296,7 +311,8 @@ class Sweep:
             handle.worker = None
             self._forget_stream(handle)
         elif isinstance(action, lc.Emit):
-            self.on_event(action.kind, {"number": life.number, **action.info})
+            by_strategy = {"by_strategy": True} if life.number in self.held else {}
+            self.on_event(action.kind, {"number": life.number, **action.info, **by_strategy})
 
     def _forget_stream(self, handle: Handle) -> None:
         if handle.stream is not None:
@@ -409,7 +425,10 @@ class Sweep:
 
     def _view(self, number: int) -> TrialView:
         life, handle = self.trials[number], self.handles[number]
-        return TrialView(number=number, state=life.state.value, params=handle.task.params,
+        # a user's pause is the user's: a strategy resumes only what it paused
+        state = "user_paused" if life.state == lc.State.PAUSED and number not in self.held \
+            else life.state.value
+        return TrialView(number=number, state=state, params=handle.task.params,
                          schedules=handle.task.schedule_specs, values=dict(life.values or {}),
                          step=life.step, checkpoint_step=life.checkpoint_step,
                          parent=handle.lineage, point=handle.point or {})
@@ -427,6 +446,8 @@ class Sweep:
     def _hold(self, number: int, held: bool) -> None:
         """A trial the strategy paused stays paused, also for a resumed driver, until it
         resumes it (``sweep resume`` leaves it to the strategy)."""
+        if not held:
+            self.user_held.discard(number)
         if held != (number in self.held):
             (self.held.add if held else self.held.discard)(number)
             study_lib.set_trial_system_attr(self.handles[number].trial, "held", held)
@@ -451,6 +472,9 @@ class Sweep:
         if problem:
             self._strategy_failed(f"next() answered an exploit of {problem}")
             return False
+        # Each write below may be the last before a kill -9. The member's schedules go last:
+        # until they are the planned ones, the next driver's strategy asks for this exploit
+        # again, and it is redone (its half-written record replaced).
         handle, old = self.handles[member], self.handles[member].task.schedule_specs
         self.root.copy(source, f"{RunDir.checkpoint_dir(member)}/ckpt-{step:09d}.arrow")
         donor_attrs = self._frozen(donor).user_attrs
@@ -458,14 +482,15 @@ class Sweep:
                                                                                   donor))
         row = {"member": member, "generation": exploit.generation, "step": step, "donor": donor,
                "donor_step": step, "old": to_json(old), "new": to_json(specs)}
-        exploits = [*handle.trial.user_attrs.get("exploits", []), row]
-        handle.task.schedule_specs, handle.task.params = specs, dict(views[donor].params)
-        handle.task.seed = derive_seed(self.config.seed, seed_trial)
-        handle.trial.set_user_attr("params", handle.task.params)
-        handle.trial.set_user_attr("schedule_specs", specs)
-        handle.trial.set_user_attr("seed_trial", seed_trial)
+        exploits = [*(r for r in handle.trial.user_attrs.get("exploits", [])
+                      if r["step"] < step), row]
         handle.trial.set_user_attr("exploits", exploits)
         self.records.write("lineage", member, exploits)
+        handle.task.schedule_specs, handle.task.params = specs, dict(views[donor].params)
+        handle.task.seed = derive_seed(self.config.seed, seed_trial)
+        handle.trial.set_user_attr("seed_trial", seed_trial)
+        handle.trial.set_user_attr("params", handle.task.params)
+        handle.trial.set_user_attr("schedule_specs", specs)
         self.on_event("exploited", {"number": member, "donor": donor, "step": step})
         return True
 
@@ -512,21 +537,36 @@ class Sweep:
             self._fork(answer.parent, answer.step, answer.specs, answer.steps, checked=False)
         elif isinstance(answer, Exploit):
             return self._exploit(answer)
-        elif isinstance(answer, Resume) and answer.trial in self.trials and \
-                self.trials[answer.trial].state in (lc.State.PAUSED, lc.State.STOPPED):
+        elif isinstance(answer, Resume) and answer.trial in self.user_held:
+            self._hold(answer.trial, False)  # the user's pause now holds it alone
+            self._save_paused()
+            self.on_event("notice", {"message": f"trial {answer.trial}: the strategy resumes it, "
+                                                f"but it was paused by request: it stays paused "
+                                                f"(sweep resume {self.run_dir} {answer.trial})"})
+        elif isinstance(answer, Resume) and answer.trial in self.held:
+            self._apply(self.trials[answer.trial], lc.Control("resume"))  # said while held
             self._hold(answer.trial, False)
-            self._apply(self.trials[answer.trial], lc.Control("resume"))
             self._save_paused()
         elif answer == WAIT and (self._on_worker() or self._wants_worker()):
             return False
         elif answer in (WAIT, DONE):
-            # waiting with nothing running would wait forever: the strategy has ended
+            # waiting with nothing running would wait forever: this run ends here
             self.exhausted = True
-            self._release_held()
+            asked = sorted(n for n, life in self.trials.items()
+                           if life.state == lc.State.PAUSED and n not in self.held)
+            if answer == WAIT and self.held and asked:  # it waits for them: it goes on later
+                self.on_event("notice", {"message": f"search.strategy "
+                                                    f"{self.config.search.strategy} waits for "
+                                                    f"paused trial{'s' * (len(asked) > 1)} "
+                                                    f"{', '.join(map(str, asked))}; the sweep "
+                                                    f"stops here (sweep resume {self.run_dir} "
+                                                    f"continues it)"})
+            else:
+                self._release_held()
             return False
         else:
-            self._strategy_failed(f"next() answered {answer!r}; expected NewTrial, Fork, Resume "
-                                  f"(of a paused trial this sweep runs), WAIT or DONE")
+            self._strategy_failed(f"next() answered {answer!r}; expected NewTrial, Fork, Exploit, "
+                                  f"Resume (of a trial it paused), WAIT or DONE")
             return False
         return True
 
@@ -619,10 +659,8 @@ class Sweep:
             self.on_event("notice", {"message": f"trial {number}: not run by this sweep; "
                                                 f"{action} ignored"})
             return
-        if action == "resume" and number in self.held:
-            self.on_event("notice", {"message": f"trial {number}: paused by the strategy "
-                                                f"({self.config.search.strategy}), which resumes "
-                                                f"it; resume ignored"})
+        if action in ("pause", "resume") and number in self.held:
+            self._user_holds(number, action == "pause")
             return
         placement = None
         if action == "migrate":
@@ -632,6 +670,23 @@ class Sweep:
                 return
         self._apply(life, lc.Control(action, placement))
         self._save_paused()
+
+    def _user_holds(self, number: int, paused: bool) -> None:
+        """A user's pause of a trial the strategy holds: it stays paused when the strategy
+        resumes it, until the user resumes it (then the strategy's hold stands alone again)."""
+        strategy = f"search.strategy {self.config.search.strategy}"
+        if paused == (number in self.user_held):
+            message = (f"trial {number} is already paused" if paused else
+                       f"trial {number}: paused by {strategy}, which resumes it; resume ignored")
+        elif paused:
+            self.user_held.add(number)
+            message = (f"trial {number}: paused by {strategy}; it now also waits for "
+                       f"sweep resume {self.run_dir} {number}")
+        else:
+            self.user_held.discard(number)
+            message = f"trial {number}: {strategy} resumes it when it is due"
+        self._save_paused()
+        self.on_event("notice", {"message": message})
 
     def _fork(self, parent: int, step: int, specs: dict, steps: Optional[int],
               checked: bool) -> None:
@@ -696,8 +751,8 @@ class Sweep:
 
     def _save_paused(self) -> None:
         """paused.json: ours as they stand, and the paused trials this driver has not taken up."""
-        ours = {n for n, life in self.trials.items()
-                if life.state == lc.State.PAUSED and n not in self.held}
+        ours = self.user_held | {n for n, life in self.trials.items()
+                                 if life.state == lc.State.PAUSED and n not in self.held}
         self.control.set_paused(ours | (self.control.paused() - set(self.trials)))
 
     def _poll(self, force: bool = False) -> None:
@@ -710,6 +765,13 @@ class Sweep:
         if not force and now - self._last_poll < POLL_SECONDS:
             return
         self._last_poll = now
+        if self.deadline is not None and now >= self.deadline and not self.timed_out:
+            self.timed_out = True
+            self.on_event("notice", {"message": f"search.timeout ({self.config.search.timeout:g} "
+                                                f"s) reached: nothing starts or resumes from now "
+                                                f"on; running trials go on until they finish or "
+                                                f"pause (sweep resume {self.run_dir} continues "
+                                                f"the sweep)"})
         if now - self._last_heartbeat >= HEARTBEAT_SECONDS:
             self._beat()
         self._update_capacity()
@@ -721,7 +783,8 @@ class Sweep:
 
     def _write_live(self) -> None:
         rows = [{"number": n, "state": life.state.value, "step": life.step, "node": life.node,
-                 "restarts": life.restarts}
+                 "restarts": life.restarts,
+                 "held": n in self.held - self.user_held}
                 for n, life in sorted(self.trials.items()) if not life.finished]
         self.control.write_live({"driver": self.driver_id, "pid": os.getpid(),
                                  "host": socket.gethostname(), "updated": time.time(),
@@ -853,6 +916,8 @@ class Sweep:
                 break  # an earlier event in the batch let the worker go
             if raw["type"] == "placed":
                 handle.worker.placed, handle.worker.node_id = True, raw.get("node_id", "")
+            elif raw["type"] == "started":
+                handle.stateless = bool(raw.get("stateless"))
             self._apply(life, _event(raw))
 
     def summary(self) -> SweepSummary:
@@ -868,7 +933,7 @@ class Sweep:
                     "schedules": t.user_attrs.get("schedule_specs"),
                     "params": t.user_attrs.get("params")}
         return SweepSummary(counts=counts, best=best, run_dir=self.run_dir,
-                            paused=sorted(self.control.paused()))
+                            paused=sorted(self.control.paused() | self.held))
 
 
 def _event(raw: dict) -> lc.Event:

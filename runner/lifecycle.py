@@ -233,7 +233,15 @@ class Lifecycle:
 
     @property
     def restarts(self) -> int:
-        return len(self.restart_log)
+        """Resumes forced on the trial (faults, migrations, handovers, a new driver); a pause
+        was asked for (by a user or the strategy), so it is in the log but not counted."""
+        return sum(entry["kind"] != "pause" for entry in self.restart_log)
+
+    @property
+    def pausing(self) -> bool:
+        """Paused, or on its way to a pause (told to checkpoint and stop)."""
+        return self.state == State.PAUSED or (self.state == State.HANDING_OVER
+                                              and self._after_interrupt == State.PAUSED)
 
     @property
     def finished(self) -> bool:
@@ -447,8 +455,7 @@ class Lifecycle:
     def _halt(self, target: State, reason: str, worker_told: bool = False) -> list[Action]:
         """Pause or stop: at once when no worker runs the trial, else at its next checkpoint."""
         emit = [Emit(reason, {"step": self.checkpoint_step})] if target == State.PAUSED else []
-        if self.state == State.PAUSED or (self.state == State.HANDING_OVER
-                                          and self._after_interrupt == State.PAUSED):
+        if self.pausing:
             if target == State.PAUSED:
                 return [Emit("notice", {"message": f"trial {self.number} is already paused"})]
             return []

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from runner.config import SweepConfig
 
-ALIVE = ("queued", "running", "handing_over", "lost", "paused", "stopped")
+ALIVE = ("queued", "running", "handing_over", "lost", "paused", "user_paused", "stopped")
 
 
 class PBTOptions(StrategyOptions):
@@ -94,8 +94,8 @@ class PBT(Strategy):
         for number in sorted(alive):  # then each member paused at the step goes on
             if alive[number].state == "paused" and alive[number].checkpoint_step == step:
                 return Resume(number)
-        self.generation += 1
-        return WAIT
+        self.generation += 1  # every member is on its way to the next step: plan it at once
+        return self.next(sweep)  # (with one slot, nothing else would ask)
 
     def decide(self, trial: TrialView, step: int, metrics: dict[str, float]) -> str:
         interval, budget = self.options.interval_steps, self.config.budget.steps

@@ -15,6 +15,9 @@ _LINES = {
     "adopted_paused": "trial {number} stays paused (sweep resume RUN_DIR {number} continues it)",
     "resumed": "trial {number}: resume requested",
     "paused": "trial {number} paused; it resumes from step {step}",
+    "paused_by_strategy": "trial {number} paused at step {step} for the strategy",
+    "exploited": "trial {number} exploits trial {donor}: it goes on from its checkpoint of step "
+                 "{step} with explored hyperparameters",
     "superseded": "trial {number} is run by another worker now; this one stopped ({reason})",
     "notice": "{message}",
     "stopping": "stopping: checkpointing {running} (Ctrl-C again to quit at once; the sweep "
@@ -27,7 +30,8 @@ _REQUEUED = {
     "migrate": "trial {number} migrating from step {from_step}",
     "handover": "trial {number} handing over (its worker is going away) at step {from_step}",
 }
-_ALWAYS = {"notice", "stopping", "aborting", "superseded", "requeued"}  # shown beside the table
+# shown beside the table
+_ALWAYS = {"notice", "stopping", "aborting", "superseded", "requeued", "exploited"}
 
 
 class Progress:
@@ -60,7 +64,8 @@ class Progress:
 
     def __call__(self, kind: str, info: dict) -> None:
         number = info.get("number")
-        line = _LINES.get("adopted_paused" if kind == "adopted" and info.get("paused") else kind)
+        line = _LINES.get("adopted_paused" if kind == "adopted" and info.get("paused") else
+                          f"{kind}_by_strategy" if info.get("by_strategy") else kind)
         if kind == "started":
             self.running[number] = {"step": info["step"], "lr": None}
             line = ("trial {number} resumed at step {step}" if info["resumed"]

@@ -100,7 +100,13 @@ def print_progress(console: Console, run_dir: str) -> None:
     except ConfigError as exc:  # the finished trials above are still worth showing
         console.print(f"unfinished trials unknown: {exc}", highlight=False, markup=False)
         study = []
-    stopped = [t.number for t in study if t.state.name == "RUNNING" and t.number not in paused]
+    held = [t.number for t in study if t.state.name == "RUNNING" and t.number not in paused
+            and t.system_attrs.get("held")]
+    stopped = [t.number for t in study if t.state.name == "RUNNING" and t.number not in paused
+               and t.number not in held]
+    if held:
+        console.print(f"paused by the search strategy (it resumes them): "
+                      f"{', '.join(map(str, held))}", highlight=False)
     if stopped:
         console.print(f"stopped mid-trial (resumable from their checkpoints): "
                       f"{', '.join(map(str, stopped))}", highlight=False)
@@ -111,7 +117,7 @@ def print_progress(console: Console, run_dir: str) -> None:
         budget = f", to {request['steps']} steps" if request.get("steps") else ""
         console.print(f"pending fork of trial {request['trial']} from step {request['at']}"
                       f"{budget}", highlight=False)
-    if paused or stopped or forks:
+    if paused or held or stopped or forks:
         console.print(f"continue with: sweep resume {run_dir}", highlight=False)
 
 
@@ -129,6 +135,7 @@ class TrialInfo:
     params: Optional[dict] = None
     schedules: Optional[dict] = None
     row: Optional[dict] = None  # its trials-table row
+    held: bool = False  # paused by the search strategy alone: it resumes it
 
 
 def find_trial(run_dir: Union[str, RunDir], number: int) -> Optional[TrialInfo]:
@@ -145,15 +152,18 @@ def find_trial(run_dir: Union[str, RunDir], number: int) -> Optional[TrialInfo]:
         for row in (channel.live() or {}).get("trials", []):
             if row.get("number") == number:
                 return TrialInfo(number, row.get("state", "running"), False, row.get("step"),
-                                 row.get("node", ""), row.get("restarts"))
+                                 row.get("node", ""), row.get("restarts"),
+                                 held=bool(row.get("held")))
     frozen = next((t for t in study_trials(run) or [] if t.number == number), None)
     return None if frozen is None else _study_info(frozen, alive, channel)
 
 
 def _study_info(frozen: "FrozenTrial", alive: bool, channel: ControlChannel) -> TrialInfo:
     state = frozen.state.name
+    user_paused = frozen.number in channel.paused()
+    held = bool(frozen.system_attrs.get("held")) and not user_paused
     if state == "RUNNING":
-        state = "paused" if frozen.number in channel.paused() else \
+        state = "paused" if held or user_paused else \
             "running" if alive else "stopped"
     elif state not in FINISHED_STATES:
         state = state.lower()
@@ -162,7 +172,7 @@ def _study_info(frozen: "FrozenTrial", alive: bool, channel: ControlChannel) -> 
                      max(steps) if steps else None, frozen.user_attrs.get("node_id", ""),
                      frozen.user_attrs.get("restarts"),
                      frozen.user_attrs.get("params", frozen.params),
-                     frozen.user_attrs.get("schedule_specs"))
+                     frozen.user_attrs.get("schedule_specs"), held=held)
 
 
 def run_config(run: RunDir) -> Optional["SweepConfig"]:

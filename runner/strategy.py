@@ -68,7 +68,7 @@ class Exploit:
 
 @dataclass(frozen=True)
 class Resume:
-    """Continue a paused trial from its last checkpoint."""
+    """Continue a trial the strategy paused (state "paused") from its last checkpoint."""
 
     trial: int
 
@@ -84,7 +84,9 @@ class TrialView:
     """What a strategy sees of one trial: plain data, a snapshot."""
 
     number: int
-    state: str  # a lifecycle state: queued, running, paused, complete, pruned, failed, ...
+    # a lifecycle state (queued, running, paused: by the strategy, complete, pruned, failed,
+    # ...) or user_paused: paused by request, it waits for the user's sweep resume
+    state: str
     params: dict
     schedules: dict
     values: dict  # objective metric -> final value (complete trials)

@@ -46,7 +46,8 @@ def storage(config: SweepConfig):
                          "(the default journal file needs a local run dir)")
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, "study.journal")
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+    return optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(path, lock_obj=_JournalFlock(path)))
 
 
 def _tpe(config: SweepConfig) -> optuna.samplers.BaseSampler:
@@ -231,6 +232,36 @@ def check_unchanged(config: SweepConfig, frozen: optuna.trial.FrozenTrial, specs
         raise ResumeError(f"trial {frozen.number}: the config changed the schedule of "
                           f"{', '.join(changed)}; refusing to resume it with a different schedule "
                           f"(restore the config or start a new sweep name)")
+
+
+class _JournalFlock:
+    """The journal's write lock (what JournalFileBackend calls acquire/release on) as an flock: the kernel drops it with its process, so a driver
+    killed -9 mid-append leaves no stale lock (Optuna's symlink lock waits 30 s for one). The
+    torn line such a kill may leave is cut off before the next append, which would corrupt it."""
+
+    def __init__(self, journal: str) -> None:
+        self.journal = journal
+        self._handle: Optional[Any] = None
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        handle = open(self.journal + ".flock", "a")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        self._handle = handle
+        with open(self.journal, "rb+") as journal:
+            size = journal.seek(0, os.SEEK_END)
+            if size:
+                journal.seek(size - 1)
+                if journal.read(1) != b"\n":
+                    journal.seek(0)
+                    journal.truncate(journal.read().rfind(b"\n") + 1)
+        return True
+
+    def release(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.close()  # closing drops the flock
 
 
 class ResumeError(RuntimeError):

@@ -282,4 +282,4 @@ def test_any_event_order_keeps_the_invariants(events, rules):
         assert told == (1 if life.finished else 0)
         assert life.counts["lost"] <= rules.max_restarts
         assert life.counts["retries"] <= rules.retries
-        assert life.restarts == len(life.restart_log)
+        assert life.restarts >= life.counts["lost"] + life.counts["retries"]  # pauses aside

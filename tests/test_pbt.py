@@ -40,8 +40,9 @@ def _lineage(run_dir):
                   for r in RunRecords(str(run_dir)).read("lineage").to_pylist())
 
 
-def _run(run_dir, on_event=None):
-    Sweep(parse_config(_pbt_data(run_dir), "pbt.yaml"), on_event=on_event).run()
+def _run(run_dir, on_event=None, **overrides):
+    data = {**_pbt_data(run_dir), **overrides}
+    Sweep(parse_config(data, "pbt.yaml"), on_event=on_event).run()
     return _outcome(run_dir), _lineage(run_dir)
 
 
@@ -107,6 +108,86 @@ def test_pbt_is_unchanged_by_a_driver_killed_mid_generation_and_resumed(baseline
     _same_as(baseline, outcome, _lineage(run_dir))
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("key", ["exploits", "seed_trial"])
+def test_pbt_is_unchanged_by_a_driver_killed_halfway_through_an_exploit(baseline, tmp_path, key):
+    """kill -9 between the writes of an exploit (its checkpoint copied and its record written,
+    the member's schedules not yet): the resumed driver redoes it, once."""
+    run_dir, path = tmp_path / "run", tmp_path / "pbt.yaml"
+    path.write_text(yaml.safe_dump(_pbt_data(run_dir)))
+    killed = subprocess.run([sys.executable, "-m", "tests.killed_driver", key, "run", str(path)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert killed.returncode == -signal.SIGKILL and f"killed after {key}" in killed.stdout
+    result = subprocess.run([sys.executable, "-m", "runner.cli", "resume", str(run_dir)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    _same_as(baseline, _outcome(run_dir), _lineage(run_dir))
+
+
+def test_pbt_with_one_slot_runs_every_generation_the_same(baseline, tmp_path):
+    """Before: with max_concurrent 1 nothing ran while the generation turned, and it ended."""
+    outcome, lineage = _run(tmp_path / "run", max_concurrent=1)
+    _same_as(baseline, outcome, lineage)
+
+
+def test_a_member_paused_by_hand_stops_the_generation_until_it_is_resumed(baseline, tmp_path,
+                                                                          monkeypatch, capsys):
+    """The strategy's pauses are its own (resume refused); a user's pause of a member, running
+    or held, holds the generation: the sweep stops resumable, and resuming that member goes on
+    unchanged."""
+    from runner.cli import main
+
+    run_dir, events = tmp_path / "run", []
+    (tmp_path / "run").mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(_pbt_data(run_dir)))
+    monkeypatch.chdir(tmp_path)
+
+    def pause_member_1(kind, info):
+        events.append((kind, info))
+        if kind == "report" and info["number"] == 1 and info["step"] == 10:
+            assert main(["pause", str(run_dir), "1"]) == 0
+
+    _run(run_dir, on_event=pause_member_1)
+    notices = [i["message"] for k, i in events if k == "notice"]
+    assert notices[-1] == (f"search.strategy pbt waits for paused trial 1; the sweep stops "
+                           f"here (sweep resume {run_dir} continues it)")
+    capsys.readouterr()
+    assert main(["resume", str(run_dir), "0"]) == 2
+    assert "trial 0 is paused by the search strategy, which resumes it itself" in \
+        capsys.readouterr().err
+    assert main(["pause", str(run_dir), "2"]) == 0  # held by the strategy, now by the user too
+    assert main(["resume", str(run_dir), "1"]) == 0
+    out = capsys.readouterr().err
+    assert "trial 2: the strategy resumes it, but it was paused by request: it stays paused" in out
+    assert "search.strategy pbt waits for paused trial 2; the sweep stops here" in out
+    assert main(["resume", str(run_dir), "2"]) == 0
+    _same_as(baseline, _outcome(run_dir), _lineage(run_dir))
+
+
+def test_a_trainable_that_declares_no_state_is_refused_at_its_first_pause(tmp_path):
+    """Before: its members 'paused' with nothing to go on from and the sweep ended, silent."""
+    data = {**_pbt_data(tmp_path / "run", "tests.trainables:counting"),
+            "objective": {"metric": "loss"}}
+    sweep = Sweep(parse_config(data, "pbt.yaml"))
+    sweep.run()
+    assert re.fullmatch(r"search.strategy pbt: it paused trial \d at step 20, but the trainable "
+                        r"tests.trainables:counting declares no state \(ctx.track / "
+                        r"ctx.track_pytree\) to go on from; declare it to use this strategy",
+                        sweep.abort_reason)
+
+
+def test_search_timeout_says_when_it_stops_the_population(tmp_path):
+    events = []
+    data = _pbt_data(tmp_path / "run")
+    data["search"]["timeout"] = 1e-6  # passed before the first member could start
+    summary = Sweep(parse_config(data, "pbt.yaml"),
+                    on_event=lambda kind, info: events.append((kind, info))).run()
+    assert ("notice", {"message": f"search.timeout (1e-06 s) reached: nothing starts or resumes "
+                                  f"from now on; running trials go on until they finish or pause "
+                                  f"(sweep resume {tmp_path / 'run'} continues the sweep)"}) in events
+    assert summary.counts == {} and summary.paused == []
+
+
 def test_sweep_replay_trains_a_member_from_scratch_on_its_effective_schedule(baseline, tmp_path,
                                                                             monkeypatch, capsys):
     """The replay follows the member's weights lineage: the donors' schedules until each
@@ -120,7 +201,8 @@ def test_sweep_replay_trains_a_member_from_scratch_on_its_effective_schedule(bas
     assert main(["replay", str(run_dir), str(member), "--out", "replay.yaml", "--run"]) == 0
     assert "replay.yaml: trial" in capsys.readouterr().out
     assert main(["replay", str(run_dir), str(member), "--out", "replay.yaml"]) == 2  # no overwrite
-    capsys.readouterr()
+    assert main(["replay", str(run_dir), str(member), "--out", "nodir/r.yaml"]) == 2
+    assert "--out nodir/r.yaml: no directory 'nodir'" in capsys.readouterr().err
     assert main(["show", str(run_dir), str(member)]) == 0
     assert f"at step {last} (generation {last // 20 - 1})" in capsys.readouterr().out
     replay_dir = tmp_path / "runs" / f"exact-replay-{member}"

@@ -374,3 +374,28 @@ def test_a_multi_objective_sweep_ends_cleanly_and_status_shows_every_value(tmp_p
     out = capsys.readouterr().out
     assert "several objectives: no single best" in out and "values" in out
     assert not (tmp_path / "run" / "best.json").exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_journal_writer_killed_9_mid_append_leaves_no_stale_lock_and_no_torn_line(tmp_path):
+    """Before: Optuna's symlink lock outlived its process and the next driver waited on it."""
+    from runner import study as study_lib
+
+    config = parse_config(_quick(tmp_path), "trust.yaml")
+    study = study_lib.open_study(config)
+    study.enqueue_trial({"x": 1})
+    journal = tmp_path / "run" / "study.journal"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, threading; from runner.study import _JournalFlock; "
+         "_JournalFlock(sys.argv[1]).acquire(); open(sys.argv[1], 'ab').write(b'{\"op_co'); "
+         "print('held', flush=True); threading.Event().wait()", str(journal)],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"  # killed holding the lock, its line half-written
+    holder.kill()
+    holder.wait()
+    assert not journal.read_bytes().endswith(b"\n")
+    again = study_lib.open_study(config)
+    again.enqueue_trial({"x": 2})  # an append: it neither waits nor lands on the torn line
+    assert [t.params for t in study_lib.open_study(config).get_trials()] == [{}, {}] and \
+        [t.system_attrs["fixed_params"] for t in study_lib.open_study(config).get_trials()] == \
+        [{"x": 1}, {"x": 2}]
