@@ -13,13 +13,13 @@ the metrics at the generation steps, so the outcome does not depend on timing.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import numpy as np
 from pydantic import Field
 
 import schedules
-from runner.space import Suggest, sample, to_schedule
+from runner.space import DISTRIBUTIONS, Suggest, declares_distribution, sample, to_schedule
 from runner.strategy import (DONE, WAIT, Exploit, NewTrial, Next, Resume, Strategy,
                              StrategyOptions, SweepView, TrialView)
 
@@ -36,7 +36,8 @@ class PBTOptions(StrategyOptions):
     interval_steps: int = Field(ge=1)
     quantile: float = Field(default=0.25, gt=0, le=0.5)
     resample_probability: float = Field(default=0.25, ge=0, le=1)
-    perturb_factors: list[float] = Field(default=[0.8, 1.2], min_length=1)
+    perturb_factors: list[Annotated[float, Field(gt=0)]] = Field(default=[0.8, 1.2],
+                                                                 min_length=1)
 
 
 class PBT(Strategy):
@@ -63,6 +64,13 @@ class PBT(Strategy):
         if isinstance(interval, int) and interval % every:
             raise ValueError(f"search.interval_steps: expected a multiple of budget.report_every "
                              f"({every}), got {interval}")
+        if isinstance(interval, int) and interval >= config.budget.steps:
+            raise ValueError(f"search.interval_steps: expected fewer than budget.steps "
+                             f"({config.budget.steps}), got {interval} (no generation would "
+                             f"turn: nothing would be exploited)")
+        if not declares_distribution(config.hyperparams):
+            raise ValueError(f"hyperparams: expected at least one distribution "
+                             f"({', '.join(DISTRIBUTIONS)}) for search.strategy pbt to explore")
         if config.pruner.kind != "none":
             raise ValueError("pruner.kind: expected none with search.strategy pbt (the bottom "
                              "members exploit the top ones instead of being pruned)")

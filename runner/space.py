@@ -30,6 +30,15 @@ def distribution_kind(value: Any) -> str | None:
     return None
 
 
+def declares_distribution(value: Any) -> bool:
+    """Whether ``value`` draws anything: a distribution in it, at any depth."""
+    if distribution_kind(value) is not None:
+        return True
+    children = value.values() if isinstance(value, Mapping) else \
+        value if isinstance(value, list) else ()
+    return any(declares_distribution(child) for child in children)
+
+
 def _is_bounds(value: Any) -> bool:
     """A ``[low, high]`` pair of numbers: what a distribution's argument looks like."""
     return isinstance(value, list) and len(value) == 2 and all(

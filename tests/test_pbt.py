@@ -219,6 +219,12 @@ def test_sweep_replay_trains_a_member_from_scratch_on_its_effective_schedule(bas
      "search.interval_steps: expected a multiple of budget.report_every (10), got 25"),
     ({"pruner": {"kind": "median"}}, "pruner.kind: expected none with search.strategy pbt"),
     ({"search": {"population": 1}}, "search.population: Input should be greater than or equal to 2"),
+    ({"search": {"interval_steps": 60}},
+     "search.interval_steps: expected fewer than budget.steps (60), got 60"),
+    ({"search": {"perturb_factors": [0.8, -1.2]}},
+     "search.perturb_factors.1: Input should be greater than 0"),
+    ({"hyperparams": {"learning_rate": {"kind": "constant", "value": 0.01}}},
+     "hyperparams: expected at least one distribution (loguniform, uniform, int, choice)"),
     ({"search": {"perturb_factor": [0.8]}},
      "search.perturb_factor: unknown key (did you mean 'perturb_factors'?)"),
 ])
