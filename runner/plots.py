@@ -68,9 +68,12 @@ def plot_run(run_dir: str, out: str, best: int = 3) -> PlotSet:
         "schedules.png": schedules_figure(top, int(config["budget"]["steps"])),
     }
     exploits = records.read("lineage").to_pylist()
-    if exploits:
-        figures["population.png"] = population_figure(records.read("applied").to_pylist(),
-                                                      exploits)
+    applied = records.read("applied").to_pylist() if exploits else []
+    if applied:
+        figures["population.png"] = population_figure(applied, exploits)
+    elif exploits:
+        result.notes.append("no applied hyperparameters recorded (the trainable's optimizer is "
+                            "not tracked): no population plot")
     importances = importances_figure(run_dir, metric)
     if isinstance(importances, str):
         result.notes.append(importances)
@@ -191,6 +194,7 @@ def population_figure(applied: list[dict], exploits: list[dict]) -> Figure:
     """A PBT population: each member's applied hyperparameters over steps, a marker where it
     exploited another member (the values jump to the donor's, explored)."""
     names = sorted({a["hyperparameter"] for a in applied if "." not in a["hyperparameter"]})
+    applied = [dict(a, value=_explored(a, exploits)) for a in applied]
     rows = max(1, len(names))
     fig, axes = plt.subplots(rows, 1, figsize=(SIZE[0], 2.4 * rows), squeeze=False, sharex=True)
     palette = plt.get_cmap("tab10")
@@ -215,11 +219,22 @@ def population_figure(applied: list[dict], exploits: list[dict]) -> Figure:
     return fig
 
 
+def _explored(row: dict, exploits: list[dict]) -> float:
+    """An applied value, except at an exploit's step: its report came before the exploit, so
+    the value the next update uses is the explored schedule's there."""
+    for exploit in exploits:
+        if (exploit["member"], exploit["step"]) == (row["trial"], row["step"]):
+            spec = json.loads(exploit["new"]).get(row["hyperparameter"])
+            if spec is not None:
+                return float(schedules.from_spec(spec)(row["step"]))
+    return row["value"]
+
+
 def _value_after(applied: list[dict], exploit: dict, name: str) -> Optional[float]:
-    """The member's applied value at its first report after the exploit."""
-    after = sorted((a["step"], a["value"]) for a in applied if a["trial"] == exploit["member"]
-                   and a["hyperparameter"] == name and a["step"] > exploit["step"])
-    return after[0][1] if after else None
+    """The member's value from the exploit's step on."""
+    at = [a["value"] for a in applied if a["trial"] == exploit["member"]
+          and a["hyperparameter"] == name and a["step"] == exploit["step"]]
+    return at[0] if at else None
 
 
 def importances_figure(run_dir: str, metric: str) -> Figure | str:

@@ -16,8 +16,8 @@ _LINES = {
     "resumed": "trial {number}: resume requested",
     "paused": "trial {number} paused; it resumes from step {step}",
     "paused_by_strategy": "trial {number} paused at step {step} for the strategy",
-    "exploited": "trial {number} exploits trial {donor}: it goes on from its checkpoint of step "
-                 "{step} with explored hyperparameters",
+    "exploited": "trial {number} exploits trial {donor}: it goes on from trial {donor}'s "
+                 "checkpoint of step {step} with explored hyperparameters",
     "superseded": "trial {number} is run by another worker now; this one stopped ({reason})",
     "notice": "{message}",
     "stopping": "stopping: checkpointing {running} (Ctrl-C again to quit at once; the sweep "
