@@ -543,7 +543,8 @@ class Sweep:
             self.on_event("notice", {"message": f"trial {answer.trial}: the strategy resumes it, "
                                                 f"but it was paused by request: it stays paused "
                                                 f"(sweep resume {self.run_dir} {answer.trial})"})
-        elif isinstance(answer, Resume) and answer.trial in self.held:
+        elif isinstance(answer, Resume) and answer.trial in self.held and \
+                self.trials[answer.trial].state in (lc.State.PAUSED, lc.State.STOPPED):
             self._apply(self.trials[answer.trial], lc.Control("resume"))  # said while held
             self._hold(answer.trial, False)
             self._save_paused()
