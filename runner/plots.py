@@ -194,7 +194,8 @@ def population_figure(applied: list[dict], exploits: list[dict]) -> Figure:
     """A PBT population: each member's applied hyperparameters over steps, a marker where it
     exploited another member (the values jump to the donor's, explored)."""
     names = sorted({a["hyperparameter"] for a in applied if "." not in a["hyperparameter"]})
-    applied = [dict(a, value=_explored(a, exploits)) for a in applied]
+    explored = {(e["member"], e["step"]): json.loads(e["new"]) for e in exploits}
+    applied = [dict(a, value=_explored(a, explored)) for a in applied]
     rows = max(1, len(names))
     fig, axes = plt.subplots(rows, 1, figsize=(SIZE[0], 2.4 * rows), squeeze=False, sharex=True)
     palette = plt.get_cmap("tab10")
@@ -219,15 +220,11 @@ def population_figure(applied: list[dict], exploits: list[dict]) -> Figure:
     return fig
 
 
-def _explored(row: dict, exploits: list[dict]) -> float:
-    """An applied value, except at an exploit's step: its report came before the exploit, so
-    the value the next update uses is the explored schedule's there."""
-    for exploit in exploits:
-        if (exploit["member"], exploit["step"]) == (row["trial"], row["step"]):
-            spec = json.loads(exploit["new"]).get(row["hyperparameter"])
-            if spec is not None:
-                return float(schedules.from_spec(spec)(row["step"]))
-    return row["value"]
+def _explored(row: dict, explored: dict[tuple, dict]) -> float:
+    """An applied value, except at an exploit's step (``explored``: member, step -> the new
+    specs): its report came before the exploit, so the next update uses the explored value."""
+    spec = explored.get((row["trial"], row["step"]), {}).get(row["hyperparameter"])
+    return row["value"] if spec is None else float(schedules.from_spec(spec)(row["step"]))
 
 
 def _value_after(applied: list[dict], exploit: dict, name: str) -> Optional[float]:

@@ -234,21 +234,39 @@ def check_unchanged(config: SweepConfig, frozen: optuna.trial.FrozenTrial, specs
                           f"(restore the config or start a new sweep name)")
 
 
-class _JournalFlock:
-    """The journal's write lock (what JournalFileBackend calls acquire/release on) as an flock: the kernel drops it with its process, so a driver
-    killed -9 mid-append leaves no stale lock (Optuna's symlink lock waits 30 s for one). The
-    torn line such a kill may leave is cut off before the next append, which would corrupt it."""
+class _Flock:
+    """An exclusive flock on ``path``: the kernel drops it with its process, so a kill -9
+    leaves no stale lock."""
 
-    def __init__(self, journal: str) -> None:
-        self.journal = journal
+    def __init__(self, path: str) -> None:
+        self.path = path
         self._handle: Optional[Any] = None
 
     def acquire(self) -> bool:
         import fcntl
 
-        handle = open(self.journal + ".flock", "a")
+        handle = open(self.path, "a")
         fcntl.flock(handle, fcntl.LOCK_EX)
         self._handle = handle
+        return True
+
+    def release(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.close()  # closing drops the flock
+
+
+class _JournalFlock(_Flock):
+    """The journal's write lock (JournalFileBackend calls acquire/release): Optuna's symlink
+    lock outlives a killed driver (the next waits 30 s). The torn line such a kill may leave is
+    cut off before the next append, which would corrupt it."""
+
+    def __init__(self, journal: str) -> None:
+        super().__init__(journal + ".flock")
+        self.journal = journal
+
+    def acquire(self) -> bool:
+        super().acquire()
         with open(self.journal, "rb+") as journal:
             size = journal.seek(0, os.SEEK_END)
             if size:
@@ -257,11 +275,6 @@ class _JournalFlock:
                     journal.seek(0)
                     journal.truncate(journal.read().rfind(b"\n") + 1)
         return True
-
-    def release(self) -> None:
-        handle, self._handle = self._handle, None
-        if handle is not None:
-            handle.close()  # closing drops the flock
 
 
 class ResumeError(RuntimeError):
@@ -292,14 +305,12 @@ def ask_lock(study: optuna.Study, run_dir: str) -> Iterator[None]:
     if "://" in run_dir:
         yield
         return
-    import fcntl
-
-    with open(os.path.join(run_dir, "study.ask.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = _Flock(os.path.join(run_dir, "study.ask.lock"))
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _alive_nodes() -> list[dict]:
