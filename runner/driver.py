@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 import schedules
 from runner import lifecycle as lc
 from runner import study as study_lib
+from runner.checkpoint import CheckpointError, read_metadata
 from runner.config import SweepConfig
 from runner.context import TrialTask, derive_seed
 from runner.control import ControlChannel
@@ -236,6 +237,8 @@ class Sweep:
             task.seed = derive_seed(self.config.seed, frozen.user_attrs["seed_trial"])
         self.handles[frozen.number] = Handle(trial, task, started, lineage=lineage,
                                              point=dict(frozen.params))
+        recorded = max(life.reports, default=-1)
+        self._apply(life, lc.Recovered(_saved_reports(self.root, frozen.number, recorded)))
         self._save_attrs(life)
         self.on_event("adopted", {"number": frozen.number, "paused": frozen.number in paused})
 
@@ -458,7 +461,7 @@ class Sweep:
         member, donor, step = exploit.trial, exploit.donor, exploit.step
         life = self.trials.get(member)
         views = self._all_views()
-        source = f"{RunDir.checkpoint_dir(donor)}/ckpt-{step:09d}.arrow"
+        source = RunDir.checkpoint_file(donor, step)
         problem = ""
         if life is None or life.state != lc.State.PAUSED or life.checkpoint_step != step:
             problem = f"trial {member} is not paused at step {step}"
@@ -476,7 +479,7 @@ class Sweep:
         # until they are the planned ones, the next driver's strategy asks for this exploit
         # again, and it is redone (its half-written record replaced).
         handle, old = self.handles[member], self.handles[member].task.schedule_specs
-        self.root.copy(source, f"{RunDir.checkpoint_dir(member)}/ckpt-{step:09d}.arrow")
+        self.root.copy(source, RunDir.checkpoint_file(member, step))
         donor_attrs = self._frozen(donor).user_attrs
         seed_trial = donor_attrs.get("seed_trial", (views[donor].parent or {}).get("seed_trial",
                                                                                   donor))
@@ -697,7 +700,7 @@ class Sweep:
 
         The checkpoint is copied into the child's own directory first: the parent's retention
         can then never take away what the child starts from."""
-        source = f"{RunDir.checkpoint_dir(parent)}/ckpt-{step:09d}.arrow"
+        source = RunDir.checkpoint_file(parent, step)
         frozen = next((t for t in self.study.get_trials(deepcopy=False) if t.number == parent), None)
         if frozen is None or not self.root.exists(source):
             problem = f"trial {parent}: no checkpoint at step {step}"
@@ -723,7 +726,7 @@ class Sweep:
         if steps is not None or "steps" in parent_lineage:  # an extension, or a fork of one
             lineage["steps"] = int(steps if steps is not None else parent_lineage["steps"])
         params = frozen.user_attrs["params"]
-        target = f"{RunDir.checkpoint_dir(trial.number)}/ckpt-{step:09d}.arrow"
+        target = RunDir.checkpoint_file(trial.number, step)
         self.root.copy(source, target)
         trial.set_user_attr("params", params)
         trial.set_user_attr("schedule_specs", specs)
@@ -983,6 +986,23 @@ def _local_cluster() -> bool:
 
     here = ray.util.get_node_ip_address()
     return {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")} <= {here}
+
+
+def _saved_reports(run: RunDir, number: int, recorded: int) -> tuple:
+    """The reports saved with trial ``number``'s own checkpoints after step ``recorded`` (the
+    last its history holds), oldest first: each checkpoint holds those since the one before."""
+    found: list = []
+    for step in reversed(checkpoint_steps(run, number)):
+        if step <= recorded:
+            break
+        try:
+            metadata = read_metadata(run.uri_of(RunDir.checkpoint_file(number, step)))
+        except (CheckpointError, FileNotFoundError):
+            continue  # torn or pruned: the worker resumes from an older one and redoes them
+        if metadata.get("trial") != number:
+            break  # a copy of a parent's or donor's checkpoint: its reports are theirs
+        found = list(metadata.get("reports") or []) + found
+    return tuple(found)
 
 
 def _reports_from_rows(history: list[dict], applied: list[dict]) -> dict[int, dict]:

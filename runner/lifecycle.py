@@ -62,6 +62,14 @@ class Started:
 
 
 @dataclass(frozen=True)
+class Recovered:
+    """Reports found saved with the trial's own checkpoints by a driver that adopts it: the
+    previous driver may have died before it recorded them (the checkpoint may be replaced, by an
+    exploit, before the trial runs again and replays them)."""
+    replay: tuple
+
+
+@dataclass(frozen=True)
 class Report:
     step: int
     metrics: dict
@@ -118,8 +126,8 @@ class Control:
     worker_told: bool = False
 
 
-Event = Union[Assigned, Rejected, Placed, Started, Report, CheckpointDurable, Done, Pruned, Raised,
-              WorkerLost, Interrupted, Superseded, Control]
+Event = Union[Assigned, Rejected, Placed, Started, Recovered, Report, CheckpointDurable, Done,
+              Pruned, Raised, WorkerLost, Interrupted, Superseded, Control]
 
 
 # --- actions -------------------------------------------------------------------------------------
@@ -285,14 +293,7 @@ class Lifecycle:
         # save. Later reports are redone; the ones saved with the checkpoint come back with it.
         self.step = event.step
         self.reports = {s: r for s, r in self.reports.items() if s <= event.step}
-        actions: list[Action] = []
-        for report in event.replay:
-            if report["step"] <= event.step and report["step"] not in self.reports:
-                self.reports[report["step"]] = dict(report)
-                actions += self._tell_intermediate(report["step"], report["metrics"], False)
-                actions.append(Emit("report", {"step": report["step"],  # loggers see it too
-                                               "metrics": dict(report["metrics"]),
-                                               "hyperparams": dict(report["hyperparams"])}))
+        actions = self._take_replay(event.replay, event.step)
         if self.restart_log and self.restart_log[-1].get("resumed_at") is None:
             self.restart_log[-1]["resumed_at"] = event.step
             actions.append(SaveAttrs())
@@ -302,6 +303,22 @@ class Lifecycle:
                 self.restart_log[-1]["note"] = event.notice
             actions.append(Emit("notice", {"message": event.notice}))
         return actions + [Emit("started", {"step": event.step, "resumed": bool(self.restart_log)})]
+
+    def _on_Recovered(self, event: Recovered, now: float) -> list[Action]:
+        actions = self._take_replay(event.replay, self.checkpoint_step)
+        return actions + [WriteHistory()] if actions else []
+
+    def _take_replay(self, replay: tuple, upto: int) -> list[Action]:
+        """Saved reports up to step ``upto`` that are not known yet: kept, told, shown."""
+        actions: list[Action] = []
+        for report in replay:
+            if report["step"] <= upto and report["step"] not in self.reports:
+                self.reports[report["step"]] = dict(report)
+                actions += self._tell_intermediate(report["step"], report["metrics"], False)
+                actions.append(Emit("report", {"step": report["step"],  # loggers see it too
+                                               "metrics": dict(report["metrics"]),
+                                               "hyperparams": dict(report["hyperparams"])}))
+        return actions
 
     def _on_Report(self, event: Report, now: float) -> list[Action]:
         if self.state not in ON_WORKER:

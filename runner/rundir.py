@@ -104,6 +104,11 @@ class RunDir:
         """Where trial ``number`` keeps its checkpoints, relative to the run dir."""
         return f"checkpoints/trial-{number:05d}"
 
+    @staticmethod
+    def checkpoint_file(number: int, step: int) -> str:
+        """Trial ``number``'s checkpoint of ``step`` (as its checkpoint store names it)."""
+        return f"{RunDir.checkpoint_dir(number)}/ckpt-{step:09d}.arrow"
+
     def error(self, relative: str, doing: str, exc: BaseException) -> RunDirError:
         """A RunDirError naming the file (credentials in a URI masked) and what failed."""
         return RunDirError(f"{redact(self.uri_of(relative))}: cannot {doing}: {exc}")

@@ -82,9 +82,10 @@ def test_a_pbt_sweep_is_a_function_of_its_seed_and_its_schedules_say_what_member
 
 
 def _same_as(baseline, outcome, lineage):
-    """Values, lineage and applied hyperparameters equal the uninterrupted run's (atol=0)."""
-    (_, applied, states, _), expected = baseline[1]
-    assert (outcome[2], lineage, outcome[1]) == (states, expected, applied)
+    """Values, lineage, applied hyperparameters and metrics equal the uninterrupted run's
+    (atol=0)."""
+    (history, applied, states, _), expected = baseline[1]
+    assert (outcome[2], lineage, outcome[1], outcome[0]) == (states, expected, applied, history)
 
 
 def test_pbt_is_unchanged_by_kill_9_of_its_workers(baseline, tmp_path):
@@ -115,13 +116,36 @@ def test_pbt_is_unchanged_by_a_driver_killed_halfway_through_an_exploit(baseline
     the member's schedules not yet): the resumed driver redoes it, once."""
     run_dir, path = tmp_path / "run", tmp_path / "pbt.yaml"
     path.write_text(yaml.safe_dump(_pbt_data(run_dir)))
-    killed = subprocess.run([sys.executable, "-m", "tests.killed_driver", key, "run", str(path)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=240)
-    assert killed.returncode == -signal.SIGKILL and f"killed after {key}" in killed.stdout
-    result = subprocess.run([sys.executable, "-m", "runner.cli", "resume", str(run_dir)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    _killed_and_resumed(path, run_dir, key, f"killed after {key}")
     _same_as(baseline, _outcome(run_dir), _lineage(run_dir))
+
+
+@pytest.mark.timeout(300)
+def test_pbt_keeps_the_reports_of_a_member_whose_driver_died_as_its_checkpoint_landed(
+        baseline, tmp_path):
+    """kill -9 once an exploited member's checkpoint at the generation step is durable, before
+    the driver records the reports since its previous checkpoint: only that checkpoint holds
+    them, and the resumed driver exploits the member without running it again (which would
+    replay them). Before: the member's history and applied rows lost those steps."""
+    member = next(m for m, _, step, *_ in baseline[1][1] if step == 40)
+    run_dir, path = tmp_path / "run", tmp_path / "pbt.yaml"
+    path.write_text(yaml.safe_dump(_pbt_data(run_dir)))
+    _killed_and_resumed(path, run_dir, f"checkpoint:{member}:40",
+                        f"killed at the checkpoint of trial {member} at step 40")
+    outcome = _outcome(run_dir)
+    assert any(e["reason"] == "driver lost" and e["from_step"] == 40  # killed as it landed
+               for e in json.loads(outcome[3][member]["restart_log"]))
+    _same_as(baseline, outcome, _lineage(run_dir))
+
+
+def _killed_and_resumed(path, run_dir, when, said):
+    """``sweep run path`` whose driver kills itself -9 at ``when``, then ``sweep resume``."""
+    killed = subprocess.run([sys.executable, "-m", "tests.killed_driver", when, "run", str(path)],
+                            cwd=path.parent, capture_output=True, text=True, timeout=240)
+    assert killed.returncode == -signal.SIGKILL and said in killed.stdout, killed.stdout[-2000:]
+    result = subprocess.run([sys.executable, "-m", "runner.cli", "resume", str(run_dir)],
+                            cwd=path.parent, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
 def test_pbt_with_one_slot_runs_every_generation_the_same(baseline, tmp_path):

@@ -11,7 +11,8 @@ DuckDB or pyarrow can query; every byte is covered by a checksum or the file dig
 
 from runner.checkpoint._format import SCHEMA_VERSION, CheckpointError
 from runner.checkpoint._store import (CHECKPOINT_NAME, Checkpoint, CheckpointStore,
-                                      SupersededError, read_checkpoint, write_checkpoint)
+                                      SupersededError, read_checkpoint, read_metadata,
+                                      write_checkpoint)
 
-__all__ = ["CHECKPOINT_NAME", "SCHEMA_VERSION", "Checkpoint", "CheckpointError", "CheckpointStore", "SupersededError",
-           "read_checkpoint", "write_checkpoint"]
+__all__ = ["CHECKPOINT_NAME", "SCHEMA_VERSION", "Checkpoint", "CheckpointError", "CheckpointStore",
+           "SupersededError", "read_checkpoint", "read_metadata", "write_checkpoint"]

@@ -228,6 +228,24 @@ def write_checkpoint(uri: str, state: Mapping[str, Any], metadata: Mapping[str, 
     _write(fs, path, rows, _full_metadata(metadata, rows))
 
 
+def _metadata_only(fs: pafs.FileSystem, path: str) -> dict[str, Any]:
+    """A checkpoint's metadata from its schema alone (no payload read, nothing verified)."""
+    try:
+        with fs.open_input_file(path) as f:
+            schema_metadata = pa.ipc.open_file(f).schema.metadata or {}
+        check_version(schema_metadata)
+        return json.loads(schema_metadata[METADATA_KEY])
+    except (pa.ArrowException, KeyError, ValueError) as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def read_metadata(uri: str) -> dict[str, Any]:
+    """One checkpoint's metadata, cheaply (its payload is not read nor verified); CheckpointError
+    if the file is unreadable, FileNotFoundError if absent."""
+    fs, path = _resolve(uri)
+    return _metadata_only(fs, path)
+
+
 def read_checkpoint(uri: str, *, map_location: str | None = None, like: Any = None) -> Checkpoint:
     """Load and verify one checkpoint; tensors go to `map_location` (default: CPU), and the state
     takes the structure of the pytree `like` when given. Raises CheckpointError if unusable."""
@@ -379,13 +397,7 @@ class CheckpointStore:
     def _peek(self, step: int) -> float | None:
         """The metric of a checkpoint from its schema metadata alone; CheckpointError if unreadable."""
         if step not in self._metrics:
-            try:
-                with self._fs.open_input_file(self._file(step)) as f:
-                    schema_metadata = pa.ipc.open_file(f).schema.metadata or {}
-                check_version(schema_metadata)
-                self._metrics[step] = self._metric_value(json.loads(schema_metadata[METADATA_KEY]))
-            except (pa.ArrowException, KeyError, ValueError) as exc:
-                raise CheckpointError(str(exc)) from None
+            self._metrics[step] = self._metric_value(_metadata_only(self._fs, self._file(step)))
         return self._metrics[step]
 
     def _prune(self, saved: int) -> None:
