@@ -74,7 +74,7 @@ def execute(config: SweepConfig, address: Optional[str], console: Console,
                 fanout(kind, info)
 
             sweep = Sweep(config, on_event=on_event, unpause=unpause, on_claimed=on_claimed,
-                          exit_at_once=True)
+                          exit_at_once=True, source=source)
             summary = sweep.run()
     print_summary(console, run_dir)
     if sweep.abort_reason:

@@ -30,7 +30,7 @@ import schedules
 from runner import lifecycle as lc
 from runner import study as study_lib
 from runner.checkpoint import CheckpointError, read_metadata
-from runner.config import SweepConfig
+from runner.config import ConfigError, SweepConfig
 from runner.context import TrialTask, derive_seed
 from runner.control import ControlChannel
 from runner.lineage import ForkError, check_agrees, checkpoint_steps, fork_problems
@@ -93,8 +93,9 @@ class Sweep:
                  max_concurrent: Optional[int] = None,
                  unpause: Optional[set[int]] = frozenset(),
                  on_claimed: Optional[Callable[[], None]] = None,
-                 exit_at_once: bool = False) -> None:
+                 exit_at_once: bool = False, source: str = "<config>") -> None:
         self.config = config
+        self.source = source  # the config's file, named by errors in it
         self.run_dir = config.run_dir()
         self.root = RunDir(self.run_dir)
         self.records = RunRecords(self.root)
@@ -384,8 +385,8 @@ class Sweep:
             step = "state_dict()"
             self._strategy_state = json.dumps(strategy.state_dict(), sort_keys=True)
         except Exception as exc:  # user code, before anything runs: one line, nothing started
-            raise study_lib.ResumeError(f"search.strategy {name}: {step} raised "
-                                        f"{type(exc).__name__}: {exc}") from None
+            raise ConfigError(f"{self.source}: search.strategy: {name}: {step} raised "
+                              f"{type(exc).__name__}: {exc}") from None
         return strategy
 
     def _ask_strategy(self, method: str, *args: Any, default: Any, save: bool = True) -> Any:
@@ -814,8 +815,15 @@ class Sweep:
         fits, notice = study_lib.capacity(self.config.resources, self.max_concurrent, self._local)
         if fits == 0 and self._local:
             raise study_lib.ResumeError(notice)
+        fresh = not self.root.is_dir()
         self.study = study_lib.open_study(self.config)
-        self.strategy = self._open_strategy()
+        try:
+            self.strategy = self._open_strategy()
+        except ConfigError:
+            if fresh:  # nothing half-written: the study this call created goes too
+                study_lib.delete_study(self.config)
+                self.root.delete_tree()
+            raise
         self.rules = dataclasses.replace(self.rules, decides=self.strategy.decides_at_reports)
         self.control.claim_driver(self.driver_id)
         if self.on_claimed is not None:

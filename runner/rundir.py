@@ -174,6 +174,13 @@ class RunDir:
     def write_json(self, relative: str, value: Any) -> None:
         self.write_text(relative, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
+    def delete_tree(self) -> None:
+        """Remove the whole run dir (one this process created and must not leave half-made)."""
+        try:
+            self.fs.delete_dir(self.path(""))
+        except OSError as exc:
+            raise self.error("", "delete", exc) from None
+
     def delete(self, relative: str, missing_ok: bool = True) -> None:
         try:
             self.fs.delete_file(self.path(relative))

@@ -155,6 +155,11 @@ def open_study(config: SweepConfig) -> optuna.Study:
         **({"directions": directions} if len(directions) > 1 else {"direction": directions[0]}))
 
 
+def delete_study(config: SweepConfig) -> None:
+    """Remove the config's study from its storage (one created by mistake)."""
+    optuna.delete_study(study_name=config.name, storage=storage(config))
+
+
 def name_metrics(study: optuna.Study, objectives: list[str]) -> None:
     """Name the study's objectives (optuna-dashboard shows them instead of "Objective 0")."""
     if study.metric_names is None:

@@ -69,6 +69,13 @@ class Raises(Strategy):
         raise ZeroDivisionError("division by zero in my strategy")
 
 
+class RaisesAtStart(Strategy):
+    """Its constructor raises: a mistake found before anything runs."""
+
+    def __init__(self, config, study):
+        raise ValueError("population must be even")
+
+
 class ForksAPast(Strategy):
     """Forks trial 0 with a different warmup: the child would not continue its parent's past."""
 

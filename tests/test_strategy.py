@@ -97,6 +97,17 @@ def test_a_strategy_that_raises_stops_the_sweep_in_one_line(tmp_path, capsys):
 
 
 @pytest.mark.usefixtures("ray_local")
+def test_a_strategy_that_raises_at_start_names_the_file_and_leaves_no_run_dir(tmp_path, capsys):
+    """Before: the message lacked the config file, and the new run dir kept a study journal."""
+    code, err = _cli_run(tmp_path, "tests.strategies:RaisesAtStart", capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == (f"sweep: {tmp_path / 's.yaml'}: search.strategy: "
+                           f"tests.strategies:RaisesAtStart: __init__() raised ValueError: "
+                           f"population must be even")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.usefixtures("ray_local")
 def test_a_strategy_fork_that_changes_the_past_is_refused(tmp_path, capsys):
     code, err = _cli_run(tmp_path, "tests.strategies:ForksAPast", capsys)
     assert code == 1 and "Traceback" not in err
