@@ -48,7 +48,8 @@ def execute(config: SweepConfig, address: Optional[str], console: Console,
 
     ``unpause``: paused trials to resume (None: all), applied once this process drives the run.
     ``config_text`` is saved as the run dir's config.yaml once this process holds the run dir.
-    Raises ``ResumeError`` for a resume the study refuses, ``ConfigError`` for bad loggers.
+    Raises ``ResumeError`` for a resume the study refuses, ``ConfigError`` for bad loggers or
+    a run dir that cannot be made or used.
     """
     from runner.driver import Sweep
     from runner.loggers import LogFanout, build_loggers
@@ -61,7 +62,8 @@ def execute(config: SweepConfig, address: Optional[str], console: Console,
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress output says it all
-    loggers = build_loggers(config.loggers, source)  # before Ray starts: a mistake costs nothing
+    check_run_dir(config, source)  # before Ray starts: a mistake costs nothing
+    loggers = build_loggers(config.loggers, source)
     objective = config.objectives[0]
     run_dir = config.run_dir()
     on_claimed = ((lambda: RunDir(run_dir).write_text("config.yaml", config_text))
@@ -95,6 +97,17 @@ def execute(config: SweepConfig, address: Optional[str], console: Console,
     return Outcome(code, run_dir)
 
 
+def check_run_dir(config: SweepConfig, source: str) -> None:
+    """Refuse, in one line naming the key, a local run dir the sweep could not make or use."""
+    from runner.rundir import local_run_dir_problem
+
+    path = config.run_dir()
+    problem = "" if "://" in path else local_run_dir_problem(path)
+    if problem:
+        key = "storage" if config.storage else f"name (the run dir runs/{config.name})"
+        raise ConfigError(f"{source}: {key}: {problem}")
+
+
 def run(config: ConfigLike, *, n_trials: Optional[int] = None,
         max_concurrent: Optional[int] = None, storage: Optional[str] = None,
         overrides: Optional[Mapping[str, Any]] = None, address: Optional[str] = None,
@@ -107,12 +120,9 @@ def run(config: ConfigLike, *, n_trials: Optional[int] = None,
     or the one already initialised. Raises ``ConfigError`` for a bad config, ``SweepFailed`` when
     the first trials all fail alike.
     """
-    from runner.cli import _check_unchanged
-
     wanted = {"search.n_trials": n_trials, "max_concurrent": max_concurrent, "storage": storage}
     wanted = {**{k: v for k, v in wanted.items() if v is not None}, **(overrides or {})}
     resolved, text, source = _resolve(config, wanted)
-    _check_unchanged(resolved)
     outcome = execute(resolved, address, console or Console(), config_text=text, source=source)
     if outcome.abort_reason:
         raise SweepFailed(f"{outcome.abort_reason} (fix it, then run again: the sweep resumes)")

@@ -112,12 +112,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
+    if os.path.isdir(args.config):
+        raise UsageError(f"{args.config}: a directory, not a config file (a run dir continues "
+                         f"with: sweep resume {args.config})")
     config = load_config(args.config)
     if args.max_concurrent is not None:
         if args.max_concurrent < 1:
             raise UsageError(f"--max-concurrent: expected a positive integer, got {args.max_concurrent}")
         config = config.model_copy(update={"max_concurrent": args.max_concurrent})
     if args.dry_run:
+        from runner.api import check_run_dir
+
+        check_run_dir(config, args.config)
         return _dry_run(config, console)
     return _execute(config, args.address, console, config_text=_read_text(args.config),
                     source=args.config)
@@ -134,34 +140,12 @@ def _execute(config: SweepConfig, address: Optional[str], console: Console,
     from runner.api import execute
     from runner.study import ResumeError
 
-    _check_unchanged(config)
     try:
         return execute(config, address, console, config_text=config_text, unpause=unpause,
                        source=source).code
     except ResumeError as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return EXIT_USAGE
-
-
-def _check_unchanged(config: SweepConfig) -> None:
-    """Refuse a config that changed what an existing run dir searches (nothing is written)."""
-    import yaml
-
-    from runner.config import EXTENDABLE, config_changes, parse_config
-    from runner.rundir import RunDir
-
-    run_dir = RunDir(config.run_dir())
-    if not run_dir.exists("config.yaml"):
-        return
-    source = f"{config.run_dir()}/config.yaml"
-    saved = parse_config({**yaml.safe_load(run_dir.read_text("config.yaml")),
-                          "storage": config.storage}, source)
-    changes = config_changes(saved, config)
-    if changes:
-        allowed = ", ".join(EXTENDABLE)
-        raise UsageError(f"{config.run_dir()}: the config changed {', '.join(changes)} since this "
-                         f"run dir was made; only {allowed} may change (use another name or "
-                         f"storage for a new sweep)")
 
 
 def _read_text(path: str) -> str:
@@ -215,7 +199,8 @@ def _resume(args: argparse.Namespace, console: Console) -> int:
         raise UsageError(f"{run.uri}: not a run dir (no config.yaml)")
     # paused.json is left as it is: the driver un-pauses only once it holds the run dir
     unpause = None if args.trial is None else {args.trial}
-    return _execute(config, args.address, console, unpause=unpause)
+    return _execute(config, args.address, console, unpause=unpause,
+                    source=run.uri_of("config.yaml"))
 
 
 def _check_steerable(run: "RunDir", number: int, action: str) -> None:
@@ -306,7 +291,8 @@ def _run_dir(path: str) -> "RunDir":
 
     run = RunDir(path)
     if not run.is_dir():
-        raise UsageError(f"{path}: not a run dir (no such directory)")
+        hint = f"; a config file: sweep run {path}" if os.path.isfile(path) else ""
+        raise UsageError(f"{path}: not a run dir (no such directory{hint})")
     if not run.exists("config.yaml") and not ControlChannel(run).driver_alive():
         raise UsageError(f"{path}: not a run dir (no config.yaml)")
     return run
@@ -452,13 +438,14 @@ def _replay(args: argparse.Namespace, console: Console) -> int:
     config = run_config(run)
     if config is None:
         raise UsageError(f"{run.uri}: no config.yaml (the config the sweep ran with) to replay")
-    data = replay_config(config, args.trial, trials, exploits)
+    data = replay_config(config, args.trial, trials, exploits,
+                         run.uri_of(f"replays/trial-{args.trial}"))
     with open(args.out, "x") as f:
         yaml.safe_dump(data, f, sort_keys=False)
     count = sum(e["member"] == args.trial for e in exploits)
     console.print(f"{args.out}: trial {args.trial} from scratch with its effective schedules "
-                  f"({count} exploit{'' if count == 1 else 's'}); run it with: sweep run "
-                  f"{args.out}", highlight=False, markup=False)
+                  f"({count} exploit{'' if count == 1 else 's'}), run dir {data['storage']}; run "
+                  f"it with: sweep run {args.out}", highlight=False, markup=False)
     if not args.run:
         return EXIT_OK
     return _run(argparse.Namespace(config=args.out, address=args.address, max_concurrent=None,

@@ -394,9 +394,9 @@ EXTENDABLE = ("search.n_trials", "search.timeout", "max_concurrent", "resources"
               "max_restarts", "storage_shared", "loggers")
 
 
-def config_changes(saved: SweepConfig, new: SweepConfig) -> list[str]:
-    """The key paths where ``new`` differs from the run dir's ``saved`` config, leaving out the
-    ones a sweep may be extended by (``EXTENDABLE``)."""
+def config_changes(saved: Union[SweepConfig, dict], new: Union[SweepConfig, dict]) -> list[str]:
+    """The key paths where ``new`` differs from the ``saved`` config (either one a SweepConfig
+    or its ``plain_config``), leaving out the ones a sweep may be extended by (``EXTENDABLE``)."""
     changed: list[str] = []
 
     def walk(old: Any, now: Any, path: str) -> None:
@@ -408,5 +408,11 @@ def config_changes(saved: SweepConfig, new: SweepConfig) -> list[str]:
         elif old != now:
             changed.append(path)
 
-    walk(saved.model_dump(exclude={"storage"}), new.model_dump(exclude={"storage"}), "")
+    walk(plain_config(saved), plain_config(new), "")
     return changed
+
+
+def plain_config(config: Union[SweepConfig, dict]) -> dict:
+    """The config as JSON data, without its storage (where a run lives is not what it does)."""
+    data = config if isinstance(config, dict) else config.model_dump(mode="json")
+    return {key: value for key, value in data.items() if key != "storage"}

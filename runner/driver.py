@@ -10,6 +10,7 @@ resources: trials beyond what the cluster fits wait in a queue.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import logging
 import os
@@ -224,11 +225,14 @@ class Sweep:
         life.node_id = frozen.user_attrs.get("node_id", "")
         stopped = study_lib.heartbeats(self.study).get(owner, {}).get("stopped")
         life.resumed_by_new_driver("sweep resumed" if stopped else "driver lost", time.time())
-        if frozen.system_attrs.get("held"):
+        held = frozen.system_attrs.get("held")
+        if held:
             self.held.add(frozen.number)
             if frozen.number in paused:
                 self.user_held.add(frozen.number)
-        if frozen.number in paused or frozen.number in self.held:
+        # a strategy's pause at a step whose checkpoint never landed is redone up to that step
+        landed = bool(held) and (held is True or life.checkpoint_step >= held)
+        if frozen.number in paused or landed:
             life.state = lc.State.PAUSED
         self.trials[frozen.number] = life
         started = frozen.datetime_start.timestamp() if frozen.datetime_start else time.time()
@@ -250,6 +254,8 @@ class Sweep:
             self._do(life, action)
         if life.finished and life not in self.finished_order:
             self.finished_order.append(life)
+            self.held.discard(life.number)  # (failed while held: its pause never landed)
+            self.user_held.discard(life.number)
             self._check_same_failure()
             self._ask_strategy("finished", self._view(life.number), default=None)
 
@@ -258,7 +264,8 @@ class Sweep:
         if isinstance(action, lc.Launch):
             self._launch(handle, action.placement)
         elif isinstance(action, lc.Decide):
-            handle.trial.report(action.value, action.step)
+            if action.tell:
+                handle.trial.report(action.value, action.step)
             if action.answer:
                 metrics = life.reports[action.step]["metrics"]
                 decision = self._ask_strategy("decide", self._view(life.number), action.step,
@@ -276,11 +283,11 @@ class Sweep:
                 # a pause is answered to the waiting report: it checkpoints at exactly this step
                 handle.worker.actor.decide.remote(life.number, decision)
                 if decision == "pause" and life.pausing:  # a user's pause came first
-                    self._hold(life.number, True)
+                    self._hold(life.number, True, action.step)
                     self.user_held.add(life.number)
                     self._save_paused()
                 elif decision == "pause":
-                    self._hold(life.number, True)
+                    self._hold(life.number, True, action.step)
                     self._apply(life, lc.Control("pause", worker_told=True))
         elif isinstance(action, lc.AnswerWorker):
             if handle.worker is not None:
@@ -370,6 +377,18 @@ class Sweep:
             self.on_event("aborting", {"error": error, "trials": len(first)})
             self.stop()
 
+    def _check_objective_named(self, number: int, metrics: dict) -> None:
+        """A report without an objective metric but with one named close to it: a typo in the
+        config, stopped at the first report rather than after the whole budget."""
+        for name in self.objectives:
+            close = difflib.get_close_matches(name, list(metrics), n=1, cutoff=0.75)
+            if name not in metrics and close and not self.abort_reason:
+                self.abort_reason = (f"{self.source}: objective: metric {name!r} is not among "
+                                     f"the metrics trial {number} reports "
+                                     f"({', '.join(sorted(metrics))}); did you mean {close[0]!r}?")
+                self.on_event("notice", {"message": self.abort_reason})
+                self.stop()
+
     # --- the strategy ------------------------------------------------------------------------
 
     def _open_strategy(self) -> Strategy:
@@ -447,14 +466,15 @@ class Sweep:
                                                 f"{self.run_dir} {number})"})
         self._save_paused()
 
-    def _hold(self, number: int, held: bool) -> None:
-        """A trial the strategy paused stays paused, also for a resumed driver, until it
-        resumes it (``sweep resume`` leaves it to the strategy)."""
+    def _hold(self, number: int, held: bool, step: Optional[int] = None) -> None:
+        """A trial the strategy paused (at ``step``) stays paused, also for a resumed driver,
+        until it resumes it (``sweep resume`` leaves it to the strategy)."""
         if not held:
             self.user_held.discard(number)
         if held != (number in self.held):
             (self.held.add if held else self.held.discard)(number)
-            study_lib.set_trial_system_attr(self.handles[number].trial, "held", held)
+            study_lib.set_trial_system_attr(self.handles[number].trial, "held",
+                                            step if held and step else held)
 
     def _exploit(self, exploit: Exploit) -> bool:
         """A paused member goes on from its donor's checkpoint with the explored schedules: the
@@ -559,7 +579,7 @@ class Sweep:
             self.exhausted = True
             asked = sorted(n for n, life in self.trials.items()
                            if life.state == lc.State.PAUSED and n not in self.held)
-            if answer == WAIT and self.held and asked:  # it waits for them: it goes on later
+            if answer == WAIT and asked:  # it waits for them: it goes on later
                 self.on_event("notice", {"message": f"search.strategy "
                                                     f"{self.config.search.strategy} waits for "
                                                     f"paused trial{'s' * (len(asked) > 1)} "
@@ -814,9 +834,10 @@ class Sweep:
         study_lib.check_storage_reachable(self.config)
         fits, notice = study_lib.capacity(self.config.resources, self.max_concurrent, self._local)
         if fits == 0 and self._local:
-            raise study_lib.ResumeError(notice)
+            raise study_lib.ResumeError(f"{self.source}: {notice}")
         fresh = not self.root.is_dir()
         self.study = study_lib.open_study(self.config)
+        study_lib.keep_config(self.study, self.config, self.run_dir)
         try:
             self.strategy = self._open_strategy()
         except ConfigError:
@@ -828,9 +849,11 @@ class Sweep:
         self.control.claim_driver(self.driver_id)
         if self.on_claimed is not None:
             self.on_claimed()
+        released: set[int] = set()
         if self.unpause is None or self.unpause:  # sweep resume: only now that the run is ours
             paused = self.control.paused()
-            self.control.set_paused(set() if self.unpause is None else paused - self.unpause)
+            released = paused if self.unpause is None else paused & self.unpause
+            self.control.set_paused(paused - released)
         study_lib.name_metrics(self.study, self.objectives)
         self._beat()
         previous = self._install_signal_handlers()
@@ -838,6 +861,12 @@ class Sweep:
             self.capacity = fits
             if notice:
                 self.on_event("notice", {"message": notice})
+            if self.unpause is None and released:  # said: a pause may have been meant to stay
+                self.on_event("notice", {"message": f"resuming paused trial"
+                                                    f"{'s' * (len(released) > 1)} "
+                                                    f"{', '.join(map(str, sorted(released)))} "
+                                                    f"(sweep resume RUN_DIR TRIAL resumes one "
+                                                    f"alone)"})
             paused = self.control.paused()
             for frozen in self._orphans():  # before requests left for a stopped sweep
                 self._adopt(frozen, paused)
@@ -920,6 +949,12 @@ class Sweep:
                 ray.exceptions.WorkerCrashedError) as exc:
             self.streams.pop(stream, None)
             self.handles[number].stream = None
+            pause = life.pause_step
+            if pause is not None and life.checkpoint_step < pause and \
+                    self.root.exists(RunDir.checkpoint_file(number, pause)):
+                # its pause's checkpoint landed (an atomic rename) before it could say so
+                self._apply(life, lc.CheckpointDurable(
+                    pause, self.root.uri_of(RunDir.checkpoint_file(number, pause))))
             self._apply(life, lc.WorkerLost(type(exc).__name__))
             return
         handle = self.handles[number]
@@ -930,6 +965,8 @@ class Sweep:
                 handle.worker.placed, handle.worker.node_id = True, raw.get("node_id", "")
             elif raw["type"] == "started":
                 handle.stateless = bool(raw.get("stateless"))
+            elif raw["type"] == "report":
+                self._check_objective_named(number, raw["metrics"])
             self._apply(life, _event(raw))
 
     def summary(self) -> SweepSummary:

@@ -139,11 +139,12 @@ class Launch:
 
 @dataclass(frozen=True)
 class Decide:
-    """Record ``value`` at ``step`` in the study and ask the strategy; answer the waiting worker
-    if ``answer``."""
+    """Record ``value`` at ``step`` in the study (unless it has it: ``tell``) and, if ``answer``,
+    ask the strategy and answer the waiting worker."""
     step: int
     value: float
     answer: bool
+    tell: bool = True
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,7 @@ class Lifecycle:
     error: str = ""
     traceback: str = ""
     _after_interrupt: Optional[State] = None
+    pause_step: Optional[int] = None  # the report step a pause answered to the worker lands on
 
     @property
     def restarts(self) -> int:
@@ -334,10 +336,13 @@ class Lifecycle:
 
     def _tell_intermediate(self, step: int, metrics: dict, answer: bool) -> list[Action]:
         objective = self.rules.objectives[0]
-        if not self.rules.decides or objective not in metrics or step in self.told_steps:
+        told = step in self.told_steps
+        if not self.rules.decides or objective not in metrics or (told and not answer):
             return []
+        # a step redone after a restart from an earlier point is decided again: the answer
+        # given before (a pause, say) was lost with the work after that point
         self.told_steps.add(step)
-        return [Decide(step, float(metrics[objective]), answer)]
+        return [Decide(step, float(metrics[objective]), answer, tell=not told)]
 
     def _on_CheckpointDurable(self, event: CheckpointDurable, now: float) -> list[Action]:
         if self.state not in ON_WORKER:
@@ -393,6 +398,10 @@ class Lifecycle:
         self.counts["lost"] += 1
         self._log_restart("lost", event.error, now)
         after, self._after_interrupt = self._after_interrupt, None
+        if after == State.PAUSED and self.pause_step is not None \
+                and self.checkpoint_step < self.pause_step:
+            after = None  # a pause at a step lands there: the work up to it is redone first
+        self.pause_step = None
         self.state = after or State.LOST  # a pause or stop in flight still lands
         return [ForgetWorker(), SaveAttrs(), WriteHistory(),
                 Emit("requeued", {"why": "lost", "error": event.error,
@@ -402,6 +411,7 @@ class Lifecycle:
         if self.state not in ON_WORKER:
             return []
         target, self._after_interrupt = self._after_interrupt, None
+        self.pause_step = None
         # a worker whose process got SIGTERM is going away: never reuse it
         release: Action = KillWorker() if event.reason == "preempted" else ReleaseWorker()
         if target == State.STOPPED or (target is None and event.reason == "stopped"):
@@ -484,6 +494,8 @@ class Lifecycle:
             return [KillWorker(), *emit]
         if self.state == State.RUNNING:
             self.state, self._after_interrupt = State.HANDING_OVER, target
+            if worker_told:  # answered to the waiting report: it checkpoints at that step
+                self.pause_step = self.step
             return [] if worker_told else [Interrupt(reason)]
         if self._after_interrupt != State.PAUSED:  # handing over already: stop there instead
             self._after_interrupt = target

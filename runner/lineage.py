@@ -137,15 +137,16 @@ def seed_root(number: int, trials: Mapping[int, Mapping[str, Any]],
 
 
 def replay_config(config: "SweepConfig", number: int, trials: Mapping[int, Mapping[str, Any]],
-                  exploits: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+                  exploits: Sequence[Mapping[str, Any]], storage: str) -> dict[str, Any]:
     """A one-trial config that trains trial ``number`` from scratch with its whole effective
-    schedule, its params and its lineage's seed: what a PBT member (or a fork) followed."""
+    schedule, its params and its lineage's seed: what a PBT member (or a fork) followed. Its
+    run dir is ``storage`` (one per replayed trial of one run: never another run's)."""
     import json
 
     row = trials[number]
     data = config.model_dump(mode="json", exclude_unset=True,
-                             exclude={"storage", "loggers", "search", "pruner"})
-    data.update(name=f"{config.name}-replay-{number}",
+                             exclude={"storage", "study_storage", "loggers", "search", "pruner"})
+    data.update(name=f"{config.name}-replay-{number}", storage=storage,
                 search={"sampler": "random", "seed": 0, "n_trials": 1},
                 hyperparams=json.loads(row["schedules"]), params=json.loads(row["params"]),
                 trial_seed=derive_seed(config.seed, seed_root(number, trials, exploits)))

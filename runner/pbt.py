@@ -70,7 +70,11 @@ class PBT(Strategy):
                              f"turn: nothing would be exploited)")
         if not declares_distribution(config.hyperparams):
             raise ValueError(f"hyperparams: expected at least one distribution "
-                             f"({', '.join(DISTRIBUTIONS)}) for search.strategy pbt to explore")
+                             f"({', '.join(DISTRIBUTIONS)}) for search.strategy pbt to explore "
+                             f"(params are the donor's, never explored)")
+        if config.search.n_trials is not None:
+            raise ValueError("search.n_trials: not used with search.strategy pbt (the "
+                             "population is the number of trials: search.population)")
         if config.pruner.kind != "none":
             raise ValueError("pruner.kind: expected none with search.strategy pbt (the bottom "
                              "members exploit the top ones instead of being pruned)")

@@ -74,7 +74,9 @@ def plot_run(run_dir: str, out: str, best: int = 3) -> PlotSet:
     elif exploits:
         result.notes.append("no applied hyperparameters recorded (the trainable's optimizer is "
                             "not tracked): no population plot")
-    importances = importances_figure(run_dir, metric)
+    importances = importances_figure(run_dir, metric) if not exploits else (
+        "no parameter importances for PBT: a member's values change at each exploit, so the "
+        "sampled ones it started from explain little")
     if isinstance(importances, str):
         result.notes.append(importances)
     else:

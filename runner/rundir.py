@@ -30,6 +30,30 @@ class RunDirError(RuntimeError):
     """A run-dir file could not be read or written; the message names the file."""
 
 
+RUN_DIR_MARKS = ("config.yaml", "study.journal")  # a sweep writes one of them first
+
+
+def local_run_dir_problem(path: str) -> str:
+    """Why a local ``path`` can be neither made nor continued as a run dir ("" if it can): said
+    before anything starts, instead of a traceback from the first write."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"{path!r} is a file; expected a directory for the run dir"
+    if os.path.isdir(path):
+        if os.listdir(path) and not any(os.path.exists(os.path.join(path, m))
+                                        for m in RUN_DIR_MARKS):
+            return (f"{path!r} is a non-empty directory that is not a run dir (no config.yaml); "
+                    f"expected a new directory or an existing run dir")
+        return "" if os.access(path, os.W_OK | os.X_OK) else f"{path!r} is not writable"
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{path!r} cannot be made: {parent!r} is a file"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{path!r} cannot be made: {parent!r} is not writable"
+    return ""
+
+
 class RunDir:
     """A run dir given as a local path or a pyarrow.fs URI (``s3://bucket/p?endpoint_override=...``)."""
 

@@ -10,7 +10,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import optuna
 
-from runner.config import SweepConfig
+from runner.config import EXTENDABLE, SweepConfig, config_changes, plain_config
 from runner.space import grid_space
 
 PASSWORD_VARIABLES = ("SWEEP_DB_PASSWORD", "PGPASSWORD")
@@ -284,6 +284,26 @@ class _JournalFlock(_Flock):
 
 class ResumeError(RuntimeError):
     """A resume would not continue the same trial; the message says why."""
+
+
+CONFIG_KEY = "config"
+
+
+def keep_config(study: optuna.Study, config: SweepConfig, run_dir: str) -> None:
+    """Refuse a config that changed what the study searches since it began (also the run dir's
+    config.yaml edited between runs, which nothing else would notice); else record it. The
+    objective may change while no trial has a value of it (a misspelled metric, fixed)."""
+    now, saved = plain_config(config), study_system_attrs(study).get(CONFIG_KEY)
+    changes = config_changes(saved, now) if saved is not None else []
+    if changes and all(c.startswith("objective") for c in changes) and not any(
+            t.values or t.intermediate_values for t in study.get_trials(deepcopy=False)):
+        changes = []
+    if changes:
+        raise ResumeError(f"{run_dir}: the config changed {', '.join(changes)} since this sweep "
+                          f"began; only {', '.join(EXTENDABLE)} may change (undo the change, or "
+                          f"use another name or storage for a new sweep)")
+    if saved != now:
+        set_study_system_attr(study, CONFIG_KEY, now)
 
 
 @contextmanager

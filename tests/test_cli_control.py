@@ -144,7 +144,7 @@ def test_resume_leaves_paused_json_to_the_driver(run_dir, capsys, monkeypatch):
     (run_dir / "paused.json").write_text("[0, 2]")
     calls = []
 
-    def execute(config, address, console, unpause):
+    def execute(config, address, console, unpause, **_):
         calls.append((config.run_dir(), address, unpause, (run_dir / "paused.json").read_text()))
         return 0
 

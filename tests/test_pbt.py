@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -95,6 +96,45 @@ def test_pbt_is_unchanged_by_kill_9_of_its_workers(baseline, tmp_path):
     _same_as(baseline, outcome, lineage)
 
 
+def test_pbt_is_unchanged_by_kill_9_of_a_worker_as_it_pauses_for_the_generation(baseline,
+                                                                                tmp_path):
+    """Killed as it saves the checkpoint its pause lands on (background saves, one kept).
+    Before: the pause landed on the previous checkpoint, the generation never turned, and the
+    strategy ended with the members paused."""
+    pids, targets, killed = {}, [(1, 20), (2, 40)], []
+
+    def kill_at_the_pause(kind, info):  # the worker of the trial whose report the pause answers
+        if kind == "placed":
+            pids[info["number"]] = info["pid"]
+        elif kind == "report" and (info["number"], info["step"]) in targets:
+            os.kill(pids[info["number"]], signal.SIGKILL)
+            targets.remove((info["number"], info["step"]))
+            killed.append((info["number"], info["step"]))
+
+    outcome, lineage = _run(tmp_path / "run", on_event=kill_at_the_pause,
+                            checkpoint={"async_save": True, "keep_last": 1})
+    assert killed == [(1, 20), (2, 40)] and sum(t["lost"] for t in outcome[3].values()) == 2
+    _same_as(baseline, outcome, lineage)
+
+
+def test_a_member_whose_worker_dies_at_every_pause_fails_alone_and_the_population_goes_on(
+        tmp_path):
+    """Before: the failed member stayed held, and the driver crashed releasing it."""
+    pids = {}
+
+    def kill_member_1_at_its_pause(kind, info):
+        if kind == "placed":
+            pids[info["number"]] = info["pid"]
+        elif kind == "report" and info["number"] == 1 and info["step"] == 20:
+            os.kill(pids[1], signal.SIGKILL)
+
+    (_, _, states, trials), lineage = _run(tmp_path / "run", on_event=kill_member_1_at_its_pause,
+                                           max_restarts=1)
+    assert states[1][0] == "FAIL" and "worker lost 2 times" in trials[1]["error"]
+    assert [s[0] for n, s in sorted(states.items()) if n != 1] == ["COMPLETE"] * 3
+    assert lineage and all(member != 1 for member, *_ in lineage)
+
+
 @pytest.mark.timeout(300)
 def test_pbt_is_unchanged_by_a_driver_killed_mid_generation_and_resumed(baseline, tmp_path):
     run_dir, path = tmp_path / "run", tmp_path / "pbt.yaml"
@@ -183,21 +223,40 @@ def test_a_member_paused_by_hand_stops_the_generation_until_it_is_resumed(baseli
     assert main(["resume", str(run_dir), "1"]) == 0
     out = capsys.readouterr().err
     assert "trial 2: the strategy resumes it, but it was paused by request: it stays paused" in out
-    assert "search.strategy pbt waits for paused trial 2; the sweep stops here" in out
+    assert "search.strategy pbt waits for paused trial 2; the sweep stops here" in out, out
     assert main(["resume", str(run_dir), "2"]) == 0
     _same_as(baseline, _outcome(run_dir), _lineage(run_dir))
 
 
-def test_a_trainable_that_declares_no_state_is_refused_at_its_first_pause(tmp_path):
-    """Before: its members 'paused' with nothing to go on from and the sweep ended, silent."""
-    data = {**_pbt_data(tmp_path / "run", "tests.trainables:counting"),
-            "objective": {"metric": "loss"}}
-    sweep = Sweep(parse_config(data, "pbt.yaml"))
+def test_a_trainable_that_declares_no_state_is_refused_and_once_fixed_resumes_the_same(
+        tmp_path, monkeypatch):
+    """Before: its members 'paused' with nothing to go on from and the sweep ended, silent; then,
+    once refused, each resume of the fixed trainable moved the members one generation on,
+    out of step, and the population ended without a single exploit."""
+    from runner.cli import main
+
+    fixed = tmp_path / "fixed"
+
+    def data(run_dir):
+        return {**_pbt_data(run_dir, "tests.trainables:stateless_until_fixed"),
+                "objective": {"metric": "loss"}, "params": {"fixed": str(fixed)}}
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(data(run_dir)))
+    sweep = Sweep(parse_config(data(run_dir), "pbt.yaml"))
     sweep.run()
     assert re.fullmatch(r"search.strategy pbt: it paused trial \d at step 20, but the trainable "
-                        r"tests.trainables:counting declares no state \(ctx.track / "
+                        r"tests.trainables:stateless_until_fixed declares no state \(ctx.track / "
                         r"ctx.track_pytree\) to go on from; declare it to use this strategy",
                         sweep.abort_reason)
+    fixed.touch()  # the user declares the state, then resumes once
+    monkeypatch.chdir(tmp_path)
+    assert main(["resume", str(run_dir)]) == 0
+    straight = tmp_path / "straight"
+    Sweep(parse_config(data(straight), "pbt.yaml")).run()
+    assert len(_lineage(straight)) == 4  # two exploits in each of two generations
+    assert (_outcome(run_dir)[2], _lineage(run_dir)) == (_outcome(straight)[2], _lineage(straight))
 
 
 def test_search_timeout_says_when_it_stops_the_population(tmp_path):
@@ -229,7 +288,7 @@ def test_sweep_replay_trains_a_member_from_scratch_on_its_effective_schedule(bas
     assert "--out nodir/r.yaml: no directory 'nodir'" in capsys.readouterr().err
     assert main(["show", str(run_dir), str(member)]) == 0
     assert f"at step {last} (generation {last // 20 - 1})" in capsys.readouterr().out
-    replay_dir = tmp_path / "runs" / f"exact-replay-{member}"
+    replay_dir = run_dir / "replays" / f"trial-{member}"  # its own, beside the run it replays
     _, replayed, replay_states, _ = _outcome(replay_dir)
     spec = {n: schedules.from_spec(s) for n, s in json.loads(trials[member]["schedules"]).items()}
     assert all(spec[name](step) == value for _, step, name, value in replayed)
@@ -248,9 +307,12 @@ def test_sweep_replay_trains_a_member_from_scratch_on_its_effective_schedule(bas
     ({"search": {"perturb_factors": [0.8, -1.2]}},
      "search.perturb_factors.1: Input should be greater than 0"),
     ({"hyperparams": {"learning_rate": {"kind": "constant", "value": 0.01}}},
-     "hyperparams: expected at least one distribution (loguniform, uniform, int, choice)"),
+     "hyperparams: expected at least one distribution (loguniform, uniform, int, choice) for "
+     "search.strategy pbt to explore (params are the donor's, never explored)"),
     ({"search": {"perturb_factor": [0.8]}},
      "search.perturb_factor: unknown key (did you mean 'perturb_factors'?)"),
+    ({"search": {"n_trials": 20}}, "search.n_trials: not used with search.strategy pbt (the "
+                                   "population is the number of trials: search.population)"),
 ])
 def test_pbt_config_mistakes_are_one_line(tmp_path, change, message):
     from runner.config import ConfigError
@@ -268,8 +330,12 @@ def test_the_population_plot_shows_every_member_and_the_exploits(baseline, tmp_p
 
     run_dir, (_, lineage) = baseline
     (run_dir / "config.yaml").write_text(yaml.safe_dump(_pbt_data(run_dir)))
-    paths = plot_run(str(run_dir), str(tmp_path)).paths
-    shown = _shown(next(p for p in paths if p.endswith("population.png")))
+    plots = plot_run(str(run_dir), str(tmp_path))
+    assert sorted(os.path.basename(p) for p in plots.paths) == [
+        "curves.png", "history.png", "population.png", "schedules.png"]
+    assert plots.notes == ["no parameter importances for PBT: a member's values change at each "
+                           "exploit, so the sampled ones it started from explain little"]
+    shown = _shown(next(p for p in plots.paths if p.endswith("population.png")))
     first = shown[0]
     assert first["title"] == f"population: applied hyperparameters, {len(lineage)} exploits"
     assert [s["label"] for s in first["series"]] == \

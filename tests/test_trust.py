@@ -71,8 +71,8 @@ def test_resources_no_node_can_hold_are_refused_in_one_line(tmp_path, capsys):
     path.write_text(yaml.safe_dump(_quick(tmp_path, resources={"cpu": 64})))
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("sweep: resources: a trial asks for cpu 64, which this machine's Ray "
-                          "cannot hold") and err.count("\n") == 1
+    assert err.startswith(f"sweep: {path}: resources: a trial asks for cpu 64, which this "
+                          f"machine's Ray cannot hold") and err.count("\n") == 1
     assert not (tmp_path / "run").exists()  # nothing written
 
 
@@ -266,6 +266,68 @@ def test_an_edited_config_is_refused_with_the_changed_keys_and_nothing_written(t
     assert len(_trials(run_dir)) == 3
 
 
+def test_a_run_dirs_own_config_edited_between_runs_is_refused_on_resume(tmp_path, capsys):
+    """Before: sweep resume read the edited config.yaml and went on with it, unchecked."""
+    data = _quick(tmp_path, search={"sampler": "random", "seed": 0, "n_trials": 2})
+    _sweep(data)
+    run_dir = tmp_path / "run"
+    saved = json.loads(json.dumps(data))
+    saved["budget"]["report_every"] = 10
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    before = sorted(str(p) for p in run_dir.rglob("*"))
+    capsys.readouterr()
+    assert main(["resume", str(run_dir)]) == 2
+    assert capsys.readouterr().err == (
+        f"sweep: {run_dir}: the config changed budget.report_every since this sweep began; "
+        f"only search.n_trials, search.timeout, max_concurrent, resources, retries, "
+        f"max_restarts, storage_shared, loggers may change (undo the change, or use another "
+        f"name or storage for a new sweep)\n")
+    assert sorted(str(p) for p in run_dir.rglob("*")) == before
+
+
+def test_a_misspelled_objective_stops_at_the_first_report_and_once_fixed_the_sweep_goes_on(
+        tmp_path, capsys):
+    """Before: the whole budget of the first trials was spent before 'never reported', and the
+    fixed config was then refused as a changed objective."""
+    path = tmp_path / "sweep.yaml"
+    data = _quick(tmp_path, objective={"metric": "los"},
+                  search={"sampler": "random", "seed": 0, "n_trials": 2})
+    path.write_text(yaml.safe_dump(data))
+    assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == (f"sweep: stopped early: {path}: objective: metric 'los' is not among the "
+                   f"metrics trial 0 reports (loss); did you mean 'loss'? (fix it, then: sweep "
+                   f"resume {tmp_path / 'run'})")
+    history = RunRecords(str(tmp_path / "run")).read("history").to_pylist()
+    assert max(r["step"] for r in history) < 20  # stopped, not trained to the end
+    path.write_text(yaml.safe_dump({**data, "objective": {"metric": "loss"}}))
+    assert main(["run", str(path)]) == 0  # no value recorded yet: the objective may change
+    assert [t["state"] for t in _trials(tmp_path / "run").values()] == ["COMPLETE", "COMPLETE"]
+
+
+@pytest.mark.parametrize("where, problem", [
+    ("a-file", "'{p}' is a file; expected a directory for the run dir"),
+    ("a-file/run", "'{p}' cannot be made: '{t}/a-file' is a file"),
+    ("notes", "'{p}' is a non-empty directory that is not a run dir (no config.yaml); expected a "
+              "new directory or an existing run dir"),
+])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_storage_that_cannot_be_a_run_dir_is_one_line_before_anything_starts(
+        tmp_path, capsys, where, problem, dry_run):
+    """Before: a FileExistsError traceback once Ray had started (and --dry-run passed), or an
+    unrelated directory used silently."""
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    path, storage = tmp_path / "sweep.yaml", tmp_path / where
+    path.write_text(yaml.safe_dump(_quick(tmp_path, storage=str(storage))))
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    assert main(["run", str(path)] + ["--dry-run"] * dry_run) == 2
+    message = problem.format(p=storage, t=tmp_path)
+    assert capsys.readouterr().err == f"sweep: {path}: storage: {message}\n"
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
 def test_a_sweep_that_ends_with_a_paused_trial_says_how_to_resume(tmp_path, capsys):
     """Defect 16: a sweep whose only trial was paused exited 1."""
     run_dir = tmp_path / "run"
@@ -290,7 +352,21 @@ def test_a_sweep_that_ends_with_a_paused_trial_says_how_to_resume(tmp_path, caps
     assert main(["run", str(path)]) == 0
     assert f"paused trials 0; continue with: sweep resume {run_dir}" in capsys.readouterr().out
     assert main(["resume", str(run_dir)]) == 0
+    assert "resuming paused trial 0 (sweep resume RUN_DIR TRIAL resumes one alone)" in \
+        capsys.readouterr().err  # before: released silently
     assert _trials(run_dir)[0]["state"] == "COMPLETE"
+
+
+def test_a_config_given_for_a_run_dir_or_the_other_way_round_says_which_command(tmp_path,
+                                                                               capsys):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(_quick(tmp_path)))
+    assert main(["resume", str(path)]) == 2
+    assert capsys.readouterr().err == (f"sweep: {path}: not a run dir (no such directory; a "
+                                       f"config file: sweep run {path})\n")
+    assert main(["run", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"sweep: {tmp_path}: a directory, not a config file (a "
+                                       f"run dir continues with: sweep resume {tmp_path})\n")
 
 
 def test_the_first_trials_failing_alike_stop_the_sweep(tmp_path, capsys):

@@ -35,6 +35,19 @@ def quadratic(ctx: TrialContext) -> None:
             ctx.report(step + 1, loss=loss)
 
 
+def stateless_until_fixed(ctx: TrialContext) -> None:
+    """Declares its state only once the file ``params['fixed']`` exists: a trainable its user
+    fixes between runs. Its loss follows the learning rate applied at each step."""
+    import os
+
+    if os.path.exists(ctx.params["fixed"]):
+        ctx.track(tally=Tally())
+    for step in ctx.steps():
+        if ctx.report_due(step):
+            lr = float(ctx.schedules["learning_rate"](step))
+            ctx.report(step + 1, loss=(math.log10(lr) + 2.0) ** 2 + 1.0 / (step + 1))
+
+
 def flaky(ctx: TrialContext) -> None:
     """Fails when the sampled 'explode' param is true, otherwise behaves like quadratic."""
     if ctx.params["explode"]:
