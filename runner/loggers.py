@@ -90,6 +90,8 @@ class LogFanout:
         self.run_dir, self.config = run_dir, config
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.specs: dict[int, tuple[dict, dict]] = {}
+        self.live: set[int] = set()  # trials started on a worker and not halted since
+        self.early: dict[int, list] = {}  # reports saved with a checkpoint, told before a start
         self.thread = threading.Thread(target=self._drain, name="sweep-loggers", daemon=True)
 
     def __enter__(self) -> "LogFanout":
@@ -140,22 +142,33 @@ class LogFanout:
         self.specs[info["number"]] = (info["params"], info["specs"])
 
     def _started(self, info: dict, when: float) -> None:
-        params, specs = self.specs.get(info["number"], (None, None))
-        self._each(lambda lg: lg.trial_started(info["number"], step=info["step"],
+        number = info["number"]
+        params, specs = self.specs.get(number, (None, None))
+        self._each(lambda lg: lg.trial_started(number, step=info["step"],
                                                resumed=info["resumed"], params=params,
                                                schedules=specs))
+        self.live.add(number)
+        for report, at in self.early.pop(number, []):
+            self._report(report, at)
 
     def _report(self, info: dict, when: float) -> None:
+        if info["number"] not in self.live:  # replayed before its start (a driver's recovery)
+            self.early.setdefault(info["number"], []).append((info, when))
+            return
         self._each(lambda lg: lg.report(info["number"], info["step"], info["metrics"],
                                         info["hyperparams"], when))
 
     def _requeued(self, info: dict, when: float) -> None:
+        self.live.discard(info["number"])
         self._each(lambda lg: lg.restarted(info["number"], info["why"], info["from_step"]))
 
     def _paused(self, info: dict, when: float) -> None:
+        self.live.discard(info["number"])
         self._each(lambda lg: lg.restarted(info["number"], "pause", info["step"]))
 
     def _finished(self, info: dict, when: float) -> None:
+        self.live.discard(info["number"])
+        self.early.pop(info["number"], None)
         self.specs.pop(info["number"], None)
         self._each(lambda lg: lg.trial_finished(info["number"], info["state"], info["values"],
                                                 info.get("error") or ""))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+import yaml
 
 from runner.cli import main
 from runner.loggers import LogFanout, Logger
@@ -253,3 +255,33 @@ def test_loggers_are_opened_off_the_drivers_thread(tmp_path):
     with LogFanout([Opening()], str(tmp_path), None):
         pass
     assert OPENED_WHILE == ["sweep-loggers"]
+
+
+def test_reports_a_resumed_driver_recovers_from_a_checkpoint_reach_tensorboard(ray_local,
+                                                                              tmp_path):
+    """kill -9 of the driver as trial 0's checkpoint of step 10 lands, before it records the
+    reports up to it: they come back with the checkpoint, told before the trial starts again.
+    Before: TensorBoard had no writer for the trial then, and steps 2 to 10 were missing."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, path = tmp_path / "run", tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "recovered", "trainable": "tests.trainables:quadratic",
+        "objective": {"metric": "loss"},
+        "budget": {"steps": STEPS, "report_every": 2, "checkpoint_every": 10},
+        "search": {"sampler": "random", "seed": 0, "n_trials": 1},
+        "hyperparams": {"learning_rate": {"kind": "constant", "value": 0.01}},
+        "storage": str(run_dir), "loggers": ["tensorboard"]}))
+    killed = subprocess.run([sys.executable, "-m", "tests.killed_driver", "checkpoint:0:10",
+                             "run", str(path)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=240)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
+    resumed = subprocess.run([sys.executable, "-m", "runner.cli", "resume", str(run_dir)],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    history = sorted((r["step"], float(np.float32(r["value"])))
+                     for r in RunRecords(str(run_dir)).read("history").to_pylist())
+    assert [s for s, _ in history] == list(range(2, STEPS + 1, 2))
+    events = EventAccumulator(str(run_dir / "tensorboard" / "trial-00000"))
+    events.Reload()
+    assert sorted({(e.step, e.value) for e in events.Scalars("loss")}) == history
