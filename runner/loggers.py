@@ -191,10 +191,12 @@ def flat(prefix: str, value: Any) -> dict[str, Any]:
 
 
 class TensorBoardLogger(Logger):
-    """Event files, one directory per trial (``RUN_DIR/tensorboard/trial-00007``), written by
-    tensorboardX: metrics as scalars, hyperparameters under ``hyperparams/``, restarts under
-    ``sweep/``. A resumed trial's writer purges the steps it will redo, so TensorBoard shows what
-    the history table holds."""
+    """Event files, one directory per trial (``RUN_DIR/tensorboard/trial-00007``), written with
+    tensorboardX's record writer: metrics as scalars, hyperparameters under ``hyperparams/``,
+    restarts under ``sweep/``. A resumed trial's file purges the steps it will redo, so
+    TensorBoard shows what the history table holds. Written in place on the loggers' thread:
+    tensorboardX's ``SummaryWriter`` adds a process queue and a thread per writer, which cost
+    a 16 ms trial 7 ms of the driver's CPU."""
 
     def __init__(self, dir: Optional[str] = None) -> None:  # noqa: A002  (the config's key)
         import tensorboardX  # noqa: F401  (fail at config time when the extra is missing)
@@ -216,44 +218,48 @@ class TensorBoardLogger(Logger):
 
     def trial_started(self, number: int, *, step: int, resumed: bool, params: Optional[dict],
                       schedules: Optional[dict]) -> None:
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+        from tensorboardX.summary import text
 
         self._close(number)
-        # one file per attempt: tensorboardX names files by the second, so a retry within it
-        # would overwrite the first file; names sort in attempt order
+        # one file per attempt: files are named by the second, so a retry within it would
+        # overwrite the first file; names sort in attempt order
         attempt = self.attempts[number] = self.attempts.get(number, -1) + 1
-        writer = SummaryWriter(self.logdir(number), purge_step=step + 1 if resumed else None,
-                               flush_secs=5, filename_suffix=f".{attempt:04d}")
-        self.writers[number] = writer
+        os.makedirs(self.logdir(number), exist_ok=True)
+        writer = self.writers[number] = EventsWriter(os.path.join(self.logdir(number), "events"),
+                                                     filename_suffix=f".{attempt:04d}")
+        if resumed:  # TensorBoard drops what the file before logged past this step
+            writer.write_event(Event(step=step + 1, wall_time=time.time(),
+                                     session_log=SessionLog(status=SessionLog.START)))
         if params is not None:
-            writer.add_text("sweep/params", _markdown(flat("", params)), step)
+            self._add(number, text("sweep/params", _markdown(flat("", params))), step)
         if schedules is not None:
-            writer.add_text("sweep/schedules", _markdown(flat("", schedules)), step)
+            self._add(number, text("sweep/schedules", _markdown(flat("", schedules))), step)
 
     def report(self, number: int, step: int, metrics: dict[str, float],
                hyperparams: dict[str, float], time: float) -> None:
-        writer = self.writers.get(number)
-        if writer is None:
-            return
+        from tensorboardX.summary import scalar
+
         for name, value in metrics.items():
-            writer.add_scalar(name, value, step, walltime=time)
+            self._add(number, scalar(name, value), step, time)
         for name, value in hyperparams.items():
-            writer.add_scalar(f"hyperparams/{name}", value, step, walltime=time)
+            self._add(number, scalar(f"hyperparams/{name}", value), step, time)
 
     def restarted(self, number: int, why: str, from_step: int) -> None:
+        from tensorboardX.summary import scalar, text
+
         self.restarts[number] = self.restarts.get(number, 0) + 1
-        writer = self.writers.get(number)
-        if writer is not None:
-            writer.add_scalar("sweep/restarts", self.restarts[number], from_step)
-            writer.add_text("sweep/restart", f"{why}, from step {from_step}", from_step)
+        self._add(number, scalar("sweep/restarts", self.restarts[number]), from_step)
+        self._add(number, text("sweep/restart", f"{why}, from step {from_step}"), from_step)
         self._close(number)
 
     def trial_finished(self, number: int, state: str, values: dict[str, float],
                        error: str) -> None:
-        writer = self.writers.get(number)
-        if writer is not None:
-            shown = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
-            writer.add_text("sweep/result", f"{state} {shown} {error}".strip())
+        from tensorboardX.summary import text
+
+        shown = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
+        self._add(number, text("sweep/result", f"{state} {shown} {error}".strip()), 0)
         self._close(number)
         self.restarts.pop(number, None)
         self.attempts.pop(number, None)
@@ -265,6 +271,14 @@ class TensorBoardLogger(Logger):
     def close(self) -> None:
         for number in list(self.writers):
             self._close(number)
+
+    def _add(self, number: int, summary: Any, step: int, walltime: Optional[float] = None) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+
+        writer = self.writers.get(number)
+        if writer is not None:
+            writer.write_event(Event(wall_time=walltime or time.time(), step=step,
+                                     summary=summary))
 
     def _close(self, number: int) -> None:
         writer = self.writers.pop(number, None)
