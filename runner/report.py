@@ -105,11 +105,11 @@ def print_progress(console: Console, run_dir: str) -> None:
     stopped = [t.number for t in study if t.state.name == "RUNNING" and t.number not in paused
                and t.number not in held]
     if held:
-        console.print(f"paused by the search strategy (it resumes them): "
-                      f"{', '.join(map(str, held))}", highlight=False)
+        console.print(f"paused by the search strategy (it resumes them): {_numbered(held)}",
+                      highlight=False)
     if stopped:
         console.print(f"stopped mid-trial (resumable from their checkpoints): "
-                      f"{', '.join(map(str, stopped))}", highlight=False)
+                      f"{_numbered(stopped)}", highlight=False)
     if paused:
         console.print(f"paused trials: {', '.join(map(str, paused))}", highlight=False)
     forks = [r for r in channel.pending() if r.get("action") == "fork"]
@@ -308,3 +308,8 @@ def _lists_as_json(table: pa.Table) -> pa.Table:
 def write_best(run_dir: str, best: Optional[dict]) -> None:
     if best is not None:
         RunDir(run_dir).write_json("best.json", best)
+
+
+def _numbered(numbers: list[int]) -> str:
+    """``trial 3`` or ``trials 0, 4``: a bare ``0`` reads as a count."""
+    return f"trial{'s' * (len(numbers) > 1)} {', '.join(map(str, numbers))}"

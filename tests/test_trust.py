@@ -346,7 +346,7 @@ def test_a_sweep_that_ends_with_a_paused_trial_says_how_to_resume(tmp_path, caps
     (run_dir / "config.yaml").write_text(path.read_text())
     capsys.readouterr()
     assert main(["status", str(run_dir)]) == 0
-    assert "stopped mid-trial (resumable from their checkpoints): 0" in capsys.readouterr().out
+    assert "stopped mid-trial (resumable from their checkpoints): trial 0" in capsys.readouterr().out
     assert main(["pause", str(run_dir), "0"]) == 0
     capsys.readouterr()
     assert main(["run", str(path)]) == 0
