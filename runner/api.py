@@ -80,8 +80,8 @@ def execute(config: SweepConfig, address: Optional[str], console: Console,
             summary = sweep.run()
     print_summary(console, run_dir)
     if sweep.abort_reason:
-        print(f"sweep: stopped early: {sweep.abort_reason} (fix it, then: sweep resume "
-              f"{run_dir})", file=sys.stderr)
+        print(f"sweep: stopped early: {sweep.abort_reason} (fix it, then: "
+              f"{sweep.abort_fix or f'sweep resume {run_dir}'})", file=sys.stderr)
         return Outcome(EXIT_RUNTIME, run_dir, sweep.abort_reason)
     if sweep.stop_requested:
         console.print(f"stopped; continue with: sweep resume {run_dir}", highlight=False)

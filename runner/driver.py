@@ -117,6 +117,7 @@ class Sweep:
         self.idle: list[Worker] = []
         self.stop_requested = False
         self.abort_reason: Optional[str] = None  # why the sweep stopped early, in one line
+        self.abort_fix: Optional[str] = None  # the command that goes on after the fix
         self.strategy_failed = False
         self.held: set[int] = set()  # paused by the strategy (not by a user): it resumes them
         self.user_held: set[int] = set()  # held ones a user paused too: they wait for the user
@@ -386,6 +387,8 @@ class Sweep:
                 self.abort_reason = (f"{self.source}: objective: metric {name!r} is not among "
                                      f"the metrics trial {number} reports "
                                      f"({', '.join(sorted(metrics))}); did you mean {close[0]!r}?")
+                # the fixed file is the one to run: resuming re-reads the run dir's own copy
+                self.abort_fix = f"sweep run {self.source}"
                 self.on_event("notice", {"message": self.abort_reason})
                 self.stop()
 

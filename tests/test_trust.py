@@ -300,7 +300,7 @@ def test_a_misspelled_objective_stops_at_the_first_report_and_once_fixed_the_swe
     err = capsys.readouterr().err.splitlines()[-1]
     assert err == (f"sweep: stopped early: {path}: objective: metric 'los' is not among the "
                    f"metrics trial 0 reports (loss); did you mean 'loss'? (fix it, then: sweep "
-                   f"resume {tmp_path / 'run'})")
+                   f"run {path})")
     history = RunRecords(str(tmp_path / "run")).read("history").to_pylist()
     assert max(r["step"] for r in history) < 400  # stopped, not trained to the end
     path.write_text(yaml.safe_dump({**data, "objective": {"metric": "loss"}}))
