@@ -148,11 +148,19 @@ def reseed(sampler: optuna.samplers.BaseSampler, seed: Optional[int], number: in
 
 
 def open_study(config: SweepConfig) -> optuna.Study:
+    """The sweep's study, loaded if it exists (``create_study(load_if_exists=True)`` would append
+    a record to the journal even then: a refused resume would not leave it as it was)."""
     directions = [o.direction for o in config.objectives]
-    return optuna.create_study(
-        study_name=config.name, storage=storage(config), sampler=sampler(config),
-        pruner=pruner(config), load_if_exists=True,
-        **({"directions": directions} if len(directions) > 1 else {"direction": directions[0]}))
+    where = storage(config)
+    try:
+        return optuna.load_study(study_name=config.name, storage=where, sampler=sampler(config),
+                                 pruner=pruner(config))
+    except KeyError:
+        return optuna.create_study(
+            study_name=config.name, storage=where, sampler=sampler(config),
+            pruner=pruner(config), load_if_exists=True,
+            **({"directions": directions} if len(directions) > 1
+               else {"direction": directions[0]}))
 
 
 def delete_study(config: SweepConfig) -> None:

@@ -274,7 +274,7 @@ def test_a_run_dirs_own_config_edited_between_runs_is_refused_on_resume(tmp_path
     saved = json.loads(json.dumps(data))
     saved["budget"]["report_every"] = 10
     (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
-    before = sorted(str(p) for p in run_dir.rglob("*"))
+    before = sorted((str(p), p.stat().st_size) for p in run_dir.rglob("*"))
     capsys.readouterr()
     assert main(["resume", str(run_dir)]) == 2
     assert capsys.readouterr().err == (
@@ -282,7 +282,7 @@ def test_a_run_dirs_own_config_edited_between_runs_is_refused_on_resume(tmp_path
         f"only search.n_trials, search.timeout, max_concurrent, resources, retries, "
         f"max_restarts, storage_shared, loggers may change (undo the change, or use another "
         f"name or storage for a new sweep)\n")
-    assert sorted(str(p) for p in run_dir.rglob("*")) == before
+    assert sorted((str(p), p.stat().st_size) for p in run_dir.rglob("*")) == before
 
 
 def test_a_misspelled_objective_stops_at_the_first_report_and_once_fixed_the_sweep_goes_on(
