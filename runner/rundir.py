@@ -44,13 +44,20 @@ def local_run_dir_problem(path: str) -> str:
             return (f"{path!r} is a non-empty directory that is not a run dir (no config.yaml); "
                     f"expected a new directory or an existing run dir")
         return "" if os.access(path, os.W_OK | os.X_OK) else f"{path!r} is not writable"
-    parent = os.path.dirname(os.path.abspath(path))
+    made, parent = [], os.path.abspath(path)
     while not os.path.exists(parent):
+        made.append(parent)
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         return f"{path!r} cannot be made: {parent!r} is a file"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{path!r} cannot be made: {parent!r} is not writable"
+    try:  # tried for real (os.access says yes to root, and on /proc): then taken back
+        os.makedirs(path)
+    except OSError as exc:
+        return f"{path!r} cannot be made: {exc.strerror}"
+    finally:
+        for directory in made:
+            if os.path.isdir(directory):
+                os.rmdir(directory)
     return ""
 
 

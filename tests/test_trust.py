@@ -313,6 +313,7 @@ def test_a_misspelled_objective_stops_at_the_first_report_and_once_fixed_the_swe
     ("a-file/run", "'{p}' cannot be made: '{t}/a-file' is a file"),
     ("notes", "'{p}' is a non-empty directory that is not a run dir (no config.yaml); expected a "
               "new directory or an existing run dir"),
+    ("/proc/sweep-run", "'{p}' cannot be made: No such file or directory"),
 ])
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_a_storage_that_cannot_be_a_run_dir_is_one_line_before_anything_starts(
@@ -322,7 +323,7 @@ def test_a_storage_that_cannot_be_a_run_dir_is_one_line_before_anything_starts(
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
-    path, storage = tmp_path / "sweep.yaml", tmp_path / where
+    path, storage = tmp_path / "sweep.yaml", tmp_path / where  # (an absolute where stays)
     path.write_text(yaml.safe_dump(_quick(tmp_path, storage=str(storage))))
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     assert main(["run", str(path)] + ["--dry-run"] * dry_run) == 2
