@@ -444,8 +444,9 @@ def _replay(args: argparse.Namespace, console: Console) -> int:
         yaml.safe_dump(data, f, sort_keys=False)
     count = sum(e["member"] == args.trial for e in exploits)
     console.print(f"{args.out}: trial {args.trial} from scratch with its effective schedules "
-                  f"({count} exploit{'' if count == 1 else 's'}), run dir {data['storage']}; run "
-                  f"it with: sweep run {args.out}", highlight=False, markup=False)
+                  f"({count} exploit{'' if count == 1 else 's'}), run dir {data['storage']}"
+                  f"{'' if args.run else f'; run it with: sweep run {args.out}'}",
+                  highlight=False, markup=False)
     if not args.run:
         return EXIT_OK
     return _run(argparse.Namespace(config=args.out, address=args.address, max_concurrent=None,
