@@ -118,6 +118,7 @@ class Sweep:
         self.stop_requested = False
         self.abort_reason: Optional[str] = None  # why the sweep stopped early, in one line
         self.abort_fix: Optional[str] = None  # the command that goes on after the fix
+        self.metric_names_read: set[frozenset] = set()  # the report metric names checked
         self.strategy_failed = False
         self.held: set[int] = set()  # paused by the strategy (not by a user): it resumes them
         self.user_held: set[int] = set()  # held ones a user paused too: they wait for the user
@@ -381,9 +382,14 @@ class Sweep:
     def _check_objective_named(self, number: int, metrics: dict) -> None:
         """A report without an objective metric but with one named close to it: a typo in the
         config, stopped at the first report rather than after the whole budget."""
+        names = frozenset(metrics)  # every report passes here: each set of names is read once
+        if self.abort_reason or names in self.metric_names_read:
+            return
+        self.metric_names_read.add(names)
         for name in self.objectives:
-            close = difflib.get_close_matches(name, list(metrics), n=1, cutoff=0.75)
-            if name not in metrics and close and not self.abort_reason:
+            close = [] if name in names else difflib.get_close_matches(name, names, n=1,
+                                                                       cutoff=0.75)
+            if close:
                 self.abort_reason = (f"{self.source}: objective: metric {name!r} is not among "
                                      f"the metrics trial {number} reports "
                                      f"({', '.join(sorted(metrics))}); did you mean {close[0]!r}?")
@@ -391,6 +397,7 @@ class Sweep:
                 self.abort_fix = f"sweep run {self.source}"
                 self.on_event("notice", {"message": self.abort_reason})
                 self.stop()
+                return
 
     # --- the strategy ------------------------------------------------------------------------
 
