@@ -209,3 +209,19 @@ def test_show_a_finished_trial(run_dir, capsys):
     out = capsys.readouterr().out
     assert "trial 1: COMPLETE value=0.5 node=10.0.0.7 restarts=1" in out
     assert 'params: {"width": 32}' in out
+
+
+
+def test_reading_a_trial_row_lets_the_process_exit_cleanly(run_dir):
+    """pyarrow's decode threads, alive as the interpreter exits, aborted ``sweep pause RUN N`` of
+    a finished trial (exit 134, after the right line) about one run in three: only a process
+    that reads a row and exits at once shows it, and only one at a time (load hides it)."""
+    import subprocess
+    import sys
+
+    code = (f"from runner.records import RunRecords\n"
+            f"assert RunRecords({str(run_dir)!r}).read_trial('trials', 1).num_rows == 1\n"
+            f"raise SystemExit(2)")
+    codes = [subprocess.run([sys.executable, "-c", code], capture_output=True).returncode
+             for _ in range(20)]
+    assert codes == [2] * 20
