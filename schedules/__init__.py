@@ -22,7 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 from schedules._kinds import KINDS, AnySpec, ReduceOnPlateau, Schedule
 
 __all__ = ["KINDS", "ReduceOnPlateau", "Schedule", "ScheduleError", "from_spec", "as_schedule",
-           "first_difference", "CHUNK", "branch_point", "extend"]
+           "first_difference", "CHUNK", "branch_point", "extend", "cooldown"]
 
 
 class ScheduleError(ValueError):
@@ -131,3 +131,32 @@ def extend(spec: Any, by: int) -> dict[str, Any]:
         return from_spec({**data, "schedules": parts}).spec()
     raise ScheduleError(f"a {data['kind']} schedule cannot be extended without changing its "
                         f"past (only a wsd has a stable phase a longer run continues)")
+
+
+def cooldown(spec: Any, start: int, stop: int, decay_type: str = "1-sqrt",
+             end_value: float | None = None) -> dict[str, Any]:
+    """``spec`` until ``start``, then a decay of ``decay_type`` from its value there to
+    ``end_value`` (default: the spec's own ``end_value``, else 0) reached at ``stop``.
+
+    A cooldown branched from a run that has not decayed yet: it agrees with ``spec`` on every
+    step before ``start``, so it forks from a checkpoint there. A WSD whose stable phase reaches
+    ``start`` stays a WSD (its cooldown moved); any other schedule becomes a ``join``.
+    """
+    schedule = as_schedule(spec)
+    if schedule.stateful:
+        raise ScheduleError(f"a {schedule.kind} schedule cannot be cooled down (its value "
+                            f"depends on the metrics it was fed, not on the step)")
+    if not 0 <= start < stop:
+        raise ScheduleError(f"cooldown: expected 0 <= start < stop, got start {start}, "
+                            f"stop {stop}")
+    data = schedule.spec()
+    end = float(data.get("end_value", 0.0) if end_value is None else end_value)
+    if data["kind"] == "wsd" and data["warmup_steps"] <= start <= data["warmup_steps"] + \
+            data["stable_steps"]:
+        return from_spec({**data, "stable_steps": start - data["warmup_steps"],
+                          "decay_steps": stop - start, "decay_type": decay_type,
+                          "end_value": end}).spec()
+    decay = {"kind": "wsd", "peak_value": float(schedule(start)), "warmup_steps": 0,
+             "stable_steps": 0, "decay_steps": stop - start, "end_value": end,
+             "decay_type": decay_type}
+    return from_spec({"kind": "join", "schedules": [data, decay], "boundaries": [start]}).spec()

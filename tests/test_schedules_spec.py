@@ -264,3 +264,38 @@ def test_an_absolute_join_runs_each_part_on_its_own_timeline():
            "decay_steps": 20}
     assert schedules.branch_point({"kind": "join", "schedules": [first, wsd],
                                    "boundaries": [30], "absolute": True}) == 80
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), decay_type=st.sampled_from(["linear", "cosine", "1-sqrt"]))
+def test_a_cooldown_agrees_with_its_schedule_before_it_starts_and_ends_at_the_end_value(
+        data, decay_type):
+    spec = data.draw(st.one_of(list(STATELESS.values())))
+    start = data.draw(st.integers(0, 3000))
+    stop = start + data.draw(st.integers(1, 1000))
+    cooled = schedules.cooldown(spec, start, stop, decay_type, end_value=1e-6)
+    assert schedules.first_difference(spec, cooled, start) is None
+    schedule = schedules.from_spec(cooled)
+    assert schedule(stop) == 1e-6 and schedule(stop + 7) == 1e-6
+    assert schedules.from_spec(cooled) == schedules.from_spec(json.loads(json.dumps(cooled)))
+
+
+def test_a_wsd_cooled_down_in_its_stable_phase_stays_a_wsd_with_its_cooldown_moved():
+    cooled = schedules.cooldown(WSD, 40, 50, "linear")
+    assert cooled == {**schedules.from_spec(WSD).spec(), "stable_steps": 30, "decay_steps": 10,
+                      "decay_type": "linear"}
+    # in its warmup there is no stable phase to move the cooldown into: a join
+    early = schedules.cooldown(WSD, 5, 8)
+    assert early["kind"] == "join" and schedules.from_spec(early)(8) == 0.0
+    values = schedules.from_spec(early).values(5, 9)
+    assert values[0] == schedules.from_spec(WSD)(5) and list(values) == sorted(values)[::-1]
+
+
+@pytest.mark.parametrize("spec, start, stop, problem", [
+    ({"kind": "reduce_on_plateau", "init_value": 0.1}, 10, 20, "cannot be cooled down"),
+    (WSD, 20, 20, "expected 0 <= start < stop, got start 20, stop 20"),
+    (WSD, -1, 20, "expected 0 <= start < stop"),
+])
+def test_a_cooldown_that_cannot_be_is_refused(spec, start, stop, problem):
+    with pytest.raises(ScheduleError, match=problem):
+        schedules.cooldown(spec, start, stop)
