@@ -219,7 +219,7 @@ def _frame(table: Any, order: list[str]) -> "pd.DataFrame":
 def _best(trials: "pd.DataFrame", config: SweepConfig) -> Optional[Best]:
     import json
 
-    done = trials[trials["state"] == "COMPLETE"]
+    done = trials[(trials["state"] == "COMPLETE") & trials["rung"].isna()]  # no branches
     if done.empty or config.objectives_count > 1:
         return None
     maximize = config.objectives[0].direction == "maximize"

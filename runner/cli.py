@@ -251,6 +251,10 @@ def _dry_run(config: SweepConfig, console: Console) -> int:
         trial = study.ask()
         try:
             params, specs = realize(config.hyperparams, config.params, trial)
+            if config.fidelity.kind == "cooldown":  # as the sweep plans a trunk's schedules
+                from runner.cooldown import trunk_specs
+
+                specs = trunk_specs(config, specs)
         except schedules.ScheduleError as exc:
             say(f"trial {trial.number}: invalid schedule, the sweep would fail it: {exc}")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)

@@ -10,7 +10,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import (
@@ -140,6 +140,26 @@ class Pruner(_Strict):
     reduction_factor: int = Field(default=3, ge=2)
 
 
+class Fidelity(_Strict):
+    """What a trial's score at a rung is: its run so far (``truncate``), or the result of a
+    cooldown branched from its trunk to the rung (``cooldown``): see runner/cooldown.py."""
+
+    kind: Literal["truncate", "cooldown"] = "truncate"
+    fraction: float = Field(default=0.2, gt=0, lt=1)
+    decay_type: Literal["linear", "cosine", "1-sqrt"] = "1-sqrt"
+    rungs: Optional[list[Annotated[int, Field(ge=1)]]] = Field(default=None, min_length=1)
+    schedules: list[str] = Field(default=["learning_rate"], min_length=1)
+
+    @model_validator(mode="after")
+    def _increasing(self):
+        if self.rungs is not None and self.rungs != sorted(set(self.rungs)):
+            raise ValueError(f"rungs: expected strictly increasing steps, got {self.rungs}")
+        if self.kind == "truncate" and self.model_fields_set - {"kind"}:
+            raise ValueError(f"{sorted(self.model_fields_set - {'kind'})[0]}: only used with "
+                             f"kind cooldown")
+        return self
+
+
 class Resources(_Strict):
     cpu: float = Field(default=1.0, ge=0)
     gpu: float = Field(default=0.0, ge=0)
@@ -184,6 +204,7 @@ class SweepConfig(_Strict):
     budget: Budget
     search: Search
     pruner: Pruner = Field(default_factory=Pruner)
+    fidelity: Fidelity = Field(default_factory=Fidelity)
     checkpoint: Checkpointing = Field(default_factory=Checkpointing)
     hyperparams: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
@@ -244,6 +265,12 @@ class SweepConfig(_Strict):
                 self.best_metric not in {o.metric for o in self.objectives}:
             raise ValueError(f"checkpoint.mode: expected min or max for metric "
                              f"{self.best_metric!r}, which is not an objective")
+        if self.fidelity.kind == "cooldown":
+            from runner.cooldown import config_problem
+
+            problem = config_problem(self)
+            if problem:
+                raise ValueError(problem)
         return self
 
     @property

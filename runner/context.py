@@ -78,6 +78,7 @@ class TrialTask:
     metadata: dict[str, Any] = field(default_factory=dict)
     store_options: dict[str, Any] = field(default_factory=dict)  # CheckpointStore keywords
     restarted: bool = False  # run before: a trainable without declared state starts over
+    keep_steps: list[int] = field(default_factory=list)  # checkpointed and kept: forks start there
 
 
 def derive_seed(sweep_seed: int, number: int) -> int:
@@ -148,10 +149,11 @@ class TrialContext:
         self._pytree: Optional[Callable[[], Any]] = None
         # Claims the trial's checkpoint directory: a stale worker still running this trial (its
         # node partitioned away and given up on) can no longer write or prune checkpoints there.
-        # where each WSD cooldown begins: always checkpointed and kept (sweep extend forks there)
-        self.branch_points = sorted({step for spec in task.schedule_specs.values()
-                                     if (step := schedules.branch_point(spec)) is not None
-                                     and 0 < step < task.steps})
+        # where each WSD cooldown begins (sweep extend forks there) and where the strategy forks
+        # (cooldown branches): always checkpointed and kept
+        cooldowns = {schedules.branch_point(spec) for spec in task.schedule_specs.values()}
+        self.branch_points = sorted(step for step in cooldowns | set(task.keep_steps)
+                                    if step is not None and 0 < step < task.steps)
         self._store = CheckpointStore(task.checkpoint_root, **task.store_options,
                                       owner=f"{socket.gethostname()}:{os.getpid()}:"
                                             f"{secrets.token_hex(8)}",

@@ -38,8 +38,9 @@ from runner.lineage import ForkError, check_agrees, checkpoint_steps, fork_probl
 from runner.records import RunRecords, history_rows, to_json
 from runner.rundir import RunDir
 from runner.space import realize
-from runner.strategy import (DONE, WAIT, Exploit, Fork, NewTrial, Resume, Strategy, SweepView,
-                             TrialView, strategy_class)
+from runner.cooldown import CooldownFidelity
+from runner.strategy import (DONE, WAIT, Exploit, Fork, NewTrial, Prune, Resume, Strategy,
+                             SweepView, TrialView, strategy_class)
 from runner.worker import task_payload
 
 log = logging.getLogger("sweep")
@@ -155,7 +156,8 @@ class Sweep:
             checkpoint_root=self.root.uri_of(RunDir.checkpoint_dir(trial.number)),
             objective_metrics=self.objectives, wait_for_pruning=self.rules.decides,
             metadata={"sweep": self.config.name, **({"parent": lineage} if lineage else {})},
-            store_options=self.config.store_options())
+            store_options=self.config.store_options(),
+            keep_steps=self.strategy.checkpoint_steps(specs))
 
     def _start_new(self, new: NewTrial) -> None:
         """Ask the study for a trial and queue it; a point whose schedule is invalid fails alone."""
@@ -174,6 +176,7 @@ class Sweep:
         self.trials[trial.number] = life
         try:
             params, specs = realize(self.config.hyperparams, self.config.params, trial)
+            specs = self.strategy.plan_schedules(specs)
         except (schedules.ScheduleError, ValueError) as exc:
             self.handles[trial.number] = Handle(trial, self._task(trial, {}, {}), time.time())
             self._apply(life, lc.Rejected(f"invalid schedule: {exc}"))
@@ -211,7 +214,7 @@ class Sweep:
             return
         if not {"parent", "exploits"} & set(frozen.user_attrs):
             # forks and exploited members follow no sampled schedule: their checkpoints vouch
-            study_lib.check_unchanged(self.config, frozen, specs)
+            study_lib.check_unchanged(self.config, frozen, specs, self.strategy.plan_schedules)
         trial = optuna.Trial(self.study, frozen._trial_id)
         owner = frozen.system_attrs.get("driver")
         study_lib.set_trial_system_attr(trial, "driver", self.driver_id)
@@ -266,7 +269,7 @@ class Sweep:
         if isinstance(action, lc.Launch):
             self._launch(handle, action.placement)
         elif isinstance(action, lc.Decide):
-            if action.tell:
+            if action.tell and self.strategy.tells_reports:
                 handle.trial.report(action.value, action.step)
             if action.answer:
                 metrics = life.reports[action.step]["metrics"]
@@ -362,8 +365,23 @@ class Sweep:
             "checkpoint": checkpoint or None,
             "parent": (handle.lineage or {}).get("trial"),
             "parent_step": (handle.lineage or {}).get("step"),
+            "rung": (handle.lineage or {}).get("rung"),
         }
         self.records.write("trials", life.number, [row])
+        if row["rung"] is not None:
+            self._write_branch(row, handle.lineage["trial"])
+
+    def _write_branch(self, row: dict, trunk: int) -> None:
+        """A finished cooldown branch's row in its trunk's ``branches`` table (before the study
+        is told, as its trials row: a driver killed in between finishes the branch again)."""
+        metrics = self.trials[row["number"]].reports.get(row["rung"], {}).get("metrics", {})
+        branch = {"trial": trunk, "rung": row["rung"], "branch": row["number"],
+                  "from_step": row["parent_step"], "to_step": row["rung"], "state": row["state"],
+                  "value": row["value"], "metrics": to_json(metrics),
+                  "checkpoint": row["checkpoint"]}
+        rows = [r for r in self.records.read_trial("branches", trunk).to_pylist()
+                if r["rung"] != row["rung"]]
+        self.records.write("branches", trunk, sorted([*rows, branch], key=lambda r: r["rung"]))
 
     def _check_same_failure(self) -> None:
         """Stop when the first trials all failed with one error: every other would too."""
@@ -407,7 +425,9 @@ class Sweep:
         saved = study_lib.study_system_attrs(self.study).get(STRATEGY_STATE_KEY)
         step = "__init__()"
         try:
-            strategy = strategy_class(name)(self.config, self.study)
+            cls = CooldownFidelity if self.config.fidelity.kind == "cooldown" else \
+                strategy_class(name)
+            strategy = cls(self.config, self.study)
             if saved and saved.get("strategy") == name:
                 step = "load_state_dict()"
                 strategy.load_state_dict(saved["state"])
@@ -568,7 +588,8 @@ class Sweep:
         if isinstance(answer, NewTrial):
             self._start_new(answer)
         elif isinstance(answer, Fork):
-            self._fork(answer.parent, answer.step, answer.specs, answer.steps, checked=False)
+            self._fork(answer.parent, answer.step, answer.specs, answer.steps, checked=False,
+                       rung=answer.rung)
         elif isinstance(answer, Exploit):
             return self._exploit(answer)
         elif isinstance(answer, Resume) and answer.trial in self.user_held:
@@ -582,6 +603,11 @@ class Sweep:
             self._apply(self.trials[answer.trial], lc.Control("resume"))  # said while held
             self._hold(answer.trial, False)
             self._save_paused()
+        elif isinstance(answer, Prune) and answer.trial in self.held and \
+                self.trials[answer.trial].state in (lc.State.PAUSED, lc.State.STOPPED):
+            self._hold(answer.trial, False)
+            self._save_paused()
+            self._apply(self.trials[answer.trial], lc.Control("prune"))
         elif answer == WAIT and (self._on_worker() or self._wants_worker()):
             return False
         elif answer in (WAIT, DONE):
@@ -601,7 +627,7 @@ class Sweep:
             return False
         else:
             self._strategy_failed(f"next() answered {answer!r}; expected NewTrial, Fork, Exploit, "
-                                  f"Resume (of a trial it paused), WAIT or DONE")
+                                  f"Resume or Prune (of a trial it paused), WAIT or DONE")
             return False
         return True
 
@@ -724,7 +750,7 @@ class Sweep:
         self.on_event("notice", {"message": message})
 
     def _fork(self, parent: int, step: int, specs: dict, steps: Optional[int],
-              checked: bool) -> None:
+              checked: bool, rung: Optional[int] = None) -> None:
         """A new trial (beyond n_trials) that continues trial ``parent`` from its checkpoint at
         ``step`` with ``specs`` (``checked`` by ``sweep fork`` to agree with the parent's before
         it; a strategy's forks are checked here).
@@ -756,6 +782,9 @@ class Sweep:
                    "seed_trial": parent_lineage.get("seed_trial", parent)}
         if steps is not None or "steps" in parent_lineage:  # an extension, or a fork of one
             lineage["steps"] = int(steps if steps is not None else parent_lineage["steps"])
+        if rung is not None:  # a cooldown branch: hidden from the sampler (study.without_branches)
+            lineage["rung"] = int(rung)
+            study_lib.set_trial_system_attr(trial, study_lib.BRANCH, True)
         params = frozen.user_attrs["params"]
         target = RunDir.checkpoint_file(trial.number, step)
         self.root.copy(source, target)
@@ -985,9 +1014,11 @@ class Sweep:
         for t in trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
         best = None
-        completed = [t for t in trials if t.state == TrialState.COMPLETE]
+        completed = [t for t in trials if t.state == TrialState.COMPLETE
+                     and study_lib.BRANCH not in t.system_attrs]
         if completed and len(self.objectives) == 1:
-            t = self.study.best_trial
+            minimize = self.config.objectives[0].direction == "minimize"
+            t = (min if minimize else max)(completed, key=lambda t: t.value)
             best = {"number": t.number, "value": t.value,
                     "schedules": t.user_attrs.get("schedule_specs"),
                     "params": t.user_attrs.get("params")}

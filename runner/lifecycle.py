@@ -119,7 +119,8 @@ class Superseded:
 
 @dataclass(frozen=True)
 class Control:
-    """``pause``, ``resume``, ``migrate`` (with a placement) or ``stop`` (the sweep stops).
+    """``pause``, ``resume``, ``migrate`` (with a placement), ``stop`` (the sweep stops) or
+    ``prune`` (a paused trial ends pruned).
     ``worker_told``: the worker already knows (a pause answered to its report): no Interrupt."""
     action: str
     placement: Optional[dict] = None
@@ -454,6 +455,12 @@ class Lifecycle:
                                                f"nothing to {action}"})] if action != "stop" else []
         if action == "stop":
             return self._stop()
+        if action == "prune":  # the strategy ends a trial it paused
+            if self.state not in (State.PAUSED, State.STOPPED):
+                return [Emit("notice", {"message": f"trial {self.number} is not paused "
+                                                   f"({self.state.value}); not pruned"})]
+            self.state = State.PRUNED
+            return [WriteHistory(), WriteTrial(), Tell(State.PRUNED), self._finished_event()]
         if action == "pause":
             return self._pause(event.worker_told)
         if action == "resume":

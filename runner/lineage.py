@@ -145,7 +145,8 @@ def replay_config(config: "SweepConfig", number: int, trials: Mapping[int, Mappi
 
     row = trials[number]
     data = config.model_dump(mode="json", exclude_unset=True,
-                             exclude={"storage", "study_storage", "loggers", "search", "pruner"})
+                             exclude={"storage", "study_storage", "loggers", "search", "pruner",
+                                      "fidelity"})
     data.update(name=f"{config.name}-replay-{number}", storage=storage,
                 search={"sampler": "random", "seed": 0, "n_trials": 1},
                 hyperparams=json.loads(row["schedules"]), params=json.loads(row["params"]),

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from runner.rundir import RunDir
 
-TABLES = ("trials", "history", "applied", "lineage")
+TABLES = ("trials", "history", "applied", "lineage", "branches")
 
 TRIALS_SCHEMA = pa.schema([
     ("number", pa.int64()), ("state", pa.string()), ("value", pa.float64()),
@@ -27,6 +27,7 @@ TRIALS_SCHEMA = pa.schema([
     ("restart_log", pa.string()), ("last_step", pa.int64()), ("error", pa.string()),
     ("lost", pa.int64()), ("retries", pa.int64()), ("interruptions", pa.int64()),
     ("checkpoint", pa.string()), ("parent", pa.int64()), ("parent_step", pa.int64()),
+    ("rung", pa.int64()),  # a cooldown branch's: the rung it scores its parent at
 ])
 HISTORY_SCHEMA = pa.schema([("trial", pa.int64()), ("step", pa.int64()), ("metric", pa.string()),
                             ("value", pa.float64()), ("time", pa.timestamp("us", tz="UTC"))])
@@ -35,8 +36,12 @@ APPLIED_SCHEMA = pa.schema([("trial", pa.int64()), ("step", pa.int64()),
 LINEAGE_SCHEMA = pa.schema([  # one row per exploit of a PBT member (old and new specs as JSON)
     ("member", pa.int64()), ("generation", pa.int64()), ("step", pa.int64()),
     ("donor", pa.int64()), ("donor_step", pa.int64()), ("old", pa.string()), ("new", pa.string())])
+BRANCHES_SCHEMA = pa.schema([  # one row per cooldown branch, in its trunk's file (fidelity)
+    ("trial", pa.int64()), ("rung", pa.int64()), ("branch", pa.int64()),
+    ("from_step", pa.int64()), ("to_step", pa.int64()), ("state", pa.string()),
+    ("value", pa.float64()), ("metrics", pa.string()), ("checkpoint", pa.string())])
 SCHEMAS = {"trials": TRIALS_SCHEMA, "history": HISTORY_SCHEMA, "applied": APPLIED_SCHEMA,
-           "lineage": LINEAGE_SCHEMA}
+           "lineage": LINEAGE_SCHEMA, "branches": BRANCHES_SCHEMA}
 
 
 def child_uri(uri: str, path: str) -> str:

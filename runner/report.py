@@ -32,7 +32,8 @@ def print_summary(console: Console, run_dir: str, top: int = 10) -> None:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
     console.print(f"{run_dir}: {len(trials)} finished trials "
                   + " ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())), highlight=False)
-    done = sorted((r for r in trials if r["state"] == "COMPLETE"), key=lambda r: r["value"])
+    done = sorted((r for r in trials if r["state"] == "COMPLETE" and r["rung"] is None),
+                  key=lambda r: r["value"])  # a cooldown branch scores its trunk: not a result
     direction = _direction(run_dir)
     if direction == "maximize":
         done.reverse()
@@ -278,7 +279,7 @@ def export(run_dir: str, out: str, fmt: str) -> list[str]:
     records = RunRecords(run_dir)
     tables = {name: records.read(name) for name in TABLES}
     files = {f"{name}.{fmt}": _encode(table, fmt) for name, table in tables.items()
-             if name != "lineage" or table.num_rows}  # lineage: PBT runs only
+             if name not in ("lineage", "branches") or table.num_rows}  # PBT, fidelity only
     target = RunDir(out)
     target.write_files(files)
     return [target.uri_of(name) for name in files]

@@ -45,12 +45,14 @@ class NewTrial:
 @dataclass(frozen=True)
 class Fork:
     """A new trial continuing ``parent`` from its checkpoint at ``step`` with ``specs`` (which
-    must agree with the parent's schedules before ``step``); ``steps``: a new budget."""
+    must agree with the parent's schedules before ``step``); ``steps``: a new budget. ``rung``:
+    a cooldown branch that scores its parent there, which the sampler and pruner never see."""
 
     parent: int
     step: int
     specs: dict
     steps: Optional[int] = None
+    rung: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,16 @@ class Resume:
     trial: int
 
 
+@dataclass(frozen=True)
+class Prune:
+    """End a trial the strategy paused as pruned, where it stands."""
+
+    trial: int
+
+
 WAIT = "wait"  # nothing to start now; ask again when a trial reports, finishes or frees a slot
 DONE = "done"  # nothing more to start in this sweep
-Next = Union[NewTrial, Fork, Exploit, Resume, Literal["wait", "done"]]
+Next = Union[NewTrial, Fork, Exploit, Resume, Prune, Literal["wait", "done"]]
 Decision = Literal["continue", "prune", "pause"]
 
 
@@ -117,10 +126,13 @@ class SweepView:
 class Strategy:
     """The base class: override ``next`` (and ``decide``, ``finished``, the state pair as
     needed). ``decides_at_reports``: workers wait for ``decide`` at every report of the first
-    objective (a strategy that never prunes or pauses leaves it False: trials run unblocked)."""
+    objective (a strategy that never prunes or pauses leaves it False: trials run unblocked).
+    ``tells_reports``: the study records each report of the objective as an intermediate value
+    (False: the strategy records the values its pruner decides on itself)."""
 
     Options: ClassVar[Optional[type[BaseModel]]] = None
     decides_at_reports: bool = False
+    tells_reports: bool = True
 
     def __init__(self, config: "SweepConfig", study: "optuna.Study") -> None:
         self.config, self.study = config, study
@@ -141,6 +153,14 @@ class Strategy:
 
     def finished(self, trial: TrialView) -> None:
         """A trial completed, was pruned or failed."""
+
+    def plan_schedules(self, specs: dict) -> dict:
+        """The schedules a new trial follows, given those its sampled point makes."""
+        return specs
+
+    def checkpoint_steps(self, specs: dict) -> list[int]:
+        """Steps a trial with ``specs`` checkpoints at and keeps: where this strategy forks."""
+        return []
 
     def state_dict(self) -> dict[str, Any]:
         """Plain JSON data that ``load_state_dict`` continues from (saved in the study)."""

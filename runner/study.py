@@ -108,8 +108,56 @@ PRUNERS: dict[str, Callable[[SweepConfig], optuna.pruners.BasePruner]] = {
 """pruner.kind names; config.py's Literal lists the same keys."""
 
 
+BRANCH = "branch"  # the system attr of a cooldown branch (a fork that scores its parent)
+
+
+class _Trunks(optuna.Study):
+    """A study seen without its cooldown branches (built by ``without_branches``)."""
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None,
+                    use_cache: bool = False) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in super()._get_trials(deepcopy, states, use_cache)
+                if BRANCH not in t.system_attrs]
+
+
+def without_branches(study: optuna.Study) -> optuna.Study:
+    """The same study (storage, sampler, pruner) whose trials leave cooldown branches out: a
+    branch is a measurement of its trunk, not a point of the space, so samplers and pruners
+    must not count it (TPE would rank it, without params, among the best)."""
+    view = _Trunks.__new__(_Trunks)
+    view.__dict__ = study.__dict__  # one state: only the trials it lists differ
+    return view
+
+
+class BranchBlindSampler(optuna.samplers.BaseSampler):
+    """The config's sampler, shown the study ``without_branches``."""
+
+    def __init__(self, base: optuna.samplers.BaseSampler) -> None:
+        self.base = base
+
+    def infer_relative_search_space(self, study, trial):
+        return self.base.infer_relative_search_space(without_branches(study), trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.base.sample_relative(without_branches(study), trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.base.sample_independent(without_branches(study), trial, param_name,
+                                            param_distribution)
+
+    def before_trial(self, study, trial):
+        self.base.before_trial(without_branches(study), trial)
+
+    def after_trial(self, study, trial, state, values):
+        self.base.after_trial(without_branches(study), trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
+
+
 def sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
-    return SAMPLERS[config.search.sampler](config)
+    base = SAMPLERS[config.search.sampler](config)
+    return BranchBlindSampler(base) if config.fidelity.kind == "cooldown" else base
 
 
 def pruner(config: SweepConfig) -> optuna.pruners.BasePruner:
@@ -231,13 +279,16 @@ def worker_factory(config: SweepConfig) -> Callable[[Optional[dict]], Any]:
     return start
 
 
-def check_unchanged(config: SweepConfig, frozen: optuna.trial.FrozenTrial, specs: dict) -> None:
-    """Refuse to resume a trial whose schedules the (edited) config would now build differently."""
+def check_unchanged(config: SweepConfig, frozen: optuna.trial.FrozenTrial, specs: dict,
+                    plan: Callable[[dict], dict] = lambda specs: specs) -> None:
+    """Refuse to resume a trial whose schedules the (edited) config would now build differently
+    (``plan``: the strategy's ``plan_schedules``, as the trial's were made)."""
     from runner.space import realize
 
     fixed = optuna.trial.FixedTrial(frozen.params, number=frozen.number)
     try:
         _, now = realize(config.hyperparams, config.params, fixed)
+        now = plan(now)
     except ValueError as exc:
         raise ResumeError(f"trial {frozen.number}: the config no longer fits this trial ({exc})")
     if now != specs:
