@@ -795,7 +795,8 @@ class Sweep:
         self.handles[trial.number] = Handle(trial, self._task(trial, params, specs, lineage),
                                             time.time(), lineage=lineage)
         self._write_live()
-        self.on_event("forked", {"number": trial.number, "parent": parent, "step": step})
+        self.on_event("forked", {"number": trial.number, "parent": parent, "step": step,
+                                 **({"rung": rung} if rung is not None else {})})
 
     def _migration_target(self, life: lc.Lifecycle, to: Optional[str]) -> tuple[Optional[dict], str]:
         try:

@@ -151,7 +151,10 @@ def replay_config(config: "SweepConfig", number: int, trials: Mapping[int, Mappi
                 search={"sampler": "random", "seed": 0, "n_trials": 1},
                 hyperparams=json.loads(row["schedules"]), params=json.loads(row["params"]),
                 trial_seed=derive_seed(config.seed, seed_root(number, trials, exploits)))
-    data["budget"] = {**data["budget"], "steps": int(row["last_step"])}
+    steps = int(row["last_step"])  # a cooldown branch's may be shorter than the intervals
+    data["budget"] = {**data["budget"], "steps": steps,
+                      **{key: min(data["budget"][key], steps)
+                         for key in ("report_every", "checkpoint_every")}}
     return data
 
 

@@ -19,6 +19,8 @@ _LINES = {
     "exploited": "trial {number} exploits trial {donor}: it goes on from trial {donor}'s "
                  "checkpoint of step {step} with explored hyperparameters",
     "superseded": "trial {number} is run by another worker now; this one stopped ({reason})",
+    "branched": "trial {number}: the cooldown branch of trial {parent} from step {step} to "
+                "rung {rung}",
     "notice": "{message}",
     "stopping": "stopping: checkpointing {running} (Ctrl-C again to quit at once; the sweep "
                 "stays resumable either way)",
@@ -46,6 +48,7 @@ class Progress:
         self.sign = 1 if direction == "minimize" else -1
         self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "PAUSED": 0}
         self.running: dict[int, dict] = {}
+        self.branches: dict[int, dict] = {}  # cooldown branches: they score trials, not results
         self.best: Optional[tuple[float, int]] = None
         self.started = time.monotonic()
         self.live: Optional[Live] = None
@@ -64,6 +67,9 @@ class Progress:
 
     def __call__(self, kind: str, info: dict) -> None:
         number = info.get("number")
+        if kind == "forked" and "rung" in info:
+            kind = "branched"
+            self.branches[number] = info
         line = _LINES.get("adopted_paused" if kind == "adopted" and info.get("paused") else
                           f"{kind}_by_strategy" if info.get("by_strategy") else kind)
         if kind == "started":
@@ -91,8 +97,16 @@ class Progress:
 
     def _finished(self, number: int, info: dict) -> None:
         state = info["state"]
-        self.counts[state] = self.counts.get(state, 0) + 1
         value = info["values"].get(self.objective)
+        if number in self.branches:
+            if self.live is None:
+                branch = self.branches[number]
+                shown = f"{value:.6g}" if value is not None else f"{state} {info['error']}"
+                self.console.print(f"trial {branch['parent']} scores {shown} at rung "
+                                   f"{branch['rung']} (its branch, trial {number})".rstrip(),
+                                   highlight=False, markup=False, soft_wrap=True)
+            return
+        self.counts[state] = self.counts.get(state, 0) + 1
         if state == "COMPLETE" and value is not None:
             if self.best is None or self.sign * value < self.sign * self.best[0]:
                 self.best = (value, number)

@@ -26,14 +26,16 @@ EXPORT_FORMATS = ("parquet", "csv")
 
 
 def print_summary(console: Console, run_dir: str, top: int = 10) -> None:
-    trials = RunRecords(run_dir).read("trials").to_pylist()
+    rows = RunRecords(run_dir).read("trials").to_pylist()
+    trials = [r for r in rows if r["rung"] is None]  # cooldown branches score trials
+    branches = f" ({len(rows) - len(trials)} cooldown branches)" if len(rows) > len(trials) else ""
     counts: dict[str, int] = {}
     for row in trials:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
     console.print(f"{run_dir}: {len(trials)} finished trials "
-                  + " ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())), highlight=False)
-    done = sorted((r for r in trials if r["state"] == "COMPLETE" and r["rung"] is None),
-                  key=lambda r: r["value"])  # a cooldown branch scores its trunk: not a result
+                  + " ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) + branches,
+                  highlight=False)
+    done = sorted((r for r in trials if r["state"] == "COMPLETE"), key=lambda r: r["value"])
     direction = _direction(run_dir)
     if direction == "maximize":
         done.reverse()
@@ -234,7 +236,14 @@ def show_trial(console: Console, run_dir: str, number: int) -> bool:
         console.print(f"error: {info.row['error']} (traceback: the study trial's 'traceback' "
                       f"user attribute)", highlight=False)
     if info is not None and info.row is not None and info.row.get("parent") is not None:
-        console.print(f"forked from trial {info.row['parent']} at step {info.row['parent_step']}",
+        rung = info.row.get("rung")
+        what = "forked" if rung is None else f"the cooldown branch to rung {rung},"
+        console.print(f"{what} from trial {info.row['parent']} at step {info.row['parent_step']}",
+                      highlight=False)
+    for branch in records.read_trial("branches", number).to_pylist():
+        score = "-" if branch["value"] is None else f"{branch['value']:.6g}"
+        console.print(f"rung {branch['rung']}: scored {score} by trial {branch['branch']} "
+                      f"({branch['state']}), a cooldown from step {branch['from_step']}",
                       highlight=False)
     for exploit in records.read_trial("lineage", number).to_pylist():
         console.print(f"exploited trial {exploit['donor']} at step {exploit['step']} "

@@ -136,7 +136,8 @@ def extend(spec: Any, by: int) -> dict[str, Any]:
 def cooldown(spec: Any, start: int, stop: int, decay_type: str = "1-sqrt",
              end_value: float | None = None) -> dict[str, Any]:
     """``spec`` until ``start``, then a decay of ``decay_type`` from its value there to
-    ``end_value`` (default: the spec's own ``end_value``, else 0) reached at ``stop``.
+    ``end_value`` (default: the spec's own ``end_value``, a join's last part's, else 0) reached
+    at ``stop``.
 
     A cooldown branched from a run that has not decayed yet: it agrees with ``spec`` on every
     step before ``start``, so it forks from a checkpoint there. A WSD whose stable phase reaches
@@ -150,7 +151,7 @@ def cooldown(spec: Any, start: int, stop: int, decay_type: str = "1-sqrt",
         raise ScheduleError(f"cooldown: expected 0 <= start < stop, got start {start}, "
                             f"stop {stop}")
     data = schedule.spec()
-    end = float(data.get("end_value", 0.0) if end_value is None else end_value)
+    end = float(_end_value(data) if end_value is None else end_value)
     if data["kind"] == "wsd" and data["warmup_steps"] <= start <= data["warmup_steps"] + \
             data["stable_steps"]:
         return from_spec({**data, "stable_steps": start - data["warmup_steps"],
@@ -160,3 +161,9 @@ def cooldown(spec: Any, start: int, stop: int, decay_type: str = "1-sqrt",
              "stable_steps": 0, "decay_steps": stop - start, "end_value": end,
              "decay_type": decay_type}
     return from_spec({"kind": "join", "schedules": [data, decay], "boundaries": [start]}).spec()
+
+
+def _end_value(data: dict[str, Any]) -> float:
+    if "end_value" in data:
+        return data["end_value"]
+    return _end_value(data["schedules"][-1]) if data["kind"] == "join" else 0.0

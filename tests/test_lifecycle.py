@@ -284,3 +284,18 @@ def test_any_event_order_keeps_the_invariants(events, rules):
         assert life.counts["lost"] <= rules.max_restarts
         assert life.counts["retries"] <= rules.retries
         assert life.restarts >= life.counts["lost"] + life.counts["retries"]  # pauses aside
+
+
+def test_a_paused_trial_the_strategy_prunes_ends_pruned_without_a_worker():
+    life = _running()
+    life.handle(lc.CheckpointDurable(20, "x/ckpt-20"))
+    assert _kinds(life.handle(lc.Control("pause"))) == ["Interrupt"]
+    life.handle(lc.Interrupted("paused"))
+    assert life.state == State.PAUSED
+    actions = life.handle(lc.Control("prune"))
+    assert _kinds(actions) == ["WriteHistory", "WriteTrial", "Tell", "Emit"]
+    assert actions[2] == lc.Tell(State.PRUNED) and life.state == State.PRUNED
+    running = _running()  # only a paused trial: a running one is left as it is
+    (notice,) = running.handle(lc.Control("prune"))
+    assert running.state == State.RUNNING and "not paused (running); not pruned" in \
+        notice.info["message"]

@@ -1,0 +1,198 @@
+"""Cooldown fidelity: every rung score is a finished run, branched from the trial's trunk."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import optuna
+import pytest
+
+import schedules
+from runner import cooldown
+from runner.config import ConfigError, parse_config
+from runner.driver import Sweep
+from runner.lineage import replay_config
+from runner.records import RunRecords
+from runner.study import storage
+
+WSD = {"kind": "wsd", "peak_value": {"loguniform": [3e-3, 3e-2]}, "warmup_steps": 5,
+       "stable_steps": 67, "decay_steps": 18, "decay_type": "1-sqrt"}
+
+
+def _data(run_dir, **overrides):
+    data = {
+        "name": "cool",
+        "trainable": "examples.digits_torch:train",
+        "objective": {"metric": "val_loss"},
+        "budget": {"steps": 90, "report_every": 10, "checkpoint_every": 30},
+        "search": {"sampler": "random", "seed": 0, "n_trials": 3},
+        "pruner": {"kind": "asha", "min_resource": 20, "reduction_factor": 3},
+        "fidelity": {"kind": "cooldown"},
+        "hyperparams": {"learning_rate": WSD,
+                        "weight_decay": {"kind": "cosine_decay", "init_value": 1e-3,
+                                         "decay_steps": 90}},
+        "params": {"width": 32},
+        "max_concurrent": 2,
+        "storage": str(run_dir),
+    }
+    data.update(overrides)
+    return data
+
+
+# --- the plan: rungs, trunks and branches (no Ray) -------------------------------------------
+
+def test_rungs_are_the_halving_pruners_or_the_configs():
+    assert cooldown.rungs(parse_config(_data("r"))) == [20, 60]
+    given = _data("r", pruner={"kind": "median"}, fidelity={"kind": "cooldown", "rungs": [30]})
+    assert cooldown.rungs(parse_config(given)) == [30]
+
+
+def test_a_wsd_branch_keeps_its_own_cooldown_scaled_to_the_rung_and_agrees_with_its_trunk():
+    config = parse_config(_data("r"))
+    trunk = {"learning_rate": {**WSD, "peak_value": 0.01}, "weight_decay": 1e-3}
+    assert cooldown.trunk_specs(config, trunk) == trunk  # a wsd ends in its cooldown already
+    at, specs = cooldown.branch(config, trunk, 60)
+    assert at == 60 - round(18 / 90 * 60)  # the wsd's own 20%, of 60 steps
+    assert specs["learning_rate"] == schedules.cooldown(trunk["learning_rate"], at, 60, "1-sqrt")
+    assert specs["weight_decay"] == 1e-3  # only fidelity.schedules cool down
+    assert schedules.first_difference(trunk["learning_rate"], specs["learning_rate"], at) is None
+    assert schedules.from_spec(specs["learning_rate"])(60) == 0.0
+    assert cooldown.CooldownFidelity(config, None).checkpoint_steps(trunk) == [16, 48]
+
+
+def test_any_other_schedule_becomes_a_trunk_that_ends_in_the_fidelitys_cooldown():
+    cosine = {"kind": "warmup_cosine_decay", "init_value": 0.0, "peak_value": 0.01,
+              "warmup_steps": 5, "decay_steps": 90, "end_value": 1e-5}
+    config = parse_config(_data("r", fidelity={"kind": "cooldown", "fraction": 0.1,
+                                               "decay_type": "linear"}))
+    trunk = cooldown.trunk_specs(config, {"learning_rate": cosine})["learning_rate"]
+    assert trunk == schedules.cooldown(cosine, 81, 90, "linear")
+    at, branch = cooldown.branch(config, {"learning_rate": trunk}, 20)
+    assert at == 18 and schedules.first_difference(trunk, branch["learning_rate"], at) is None
+    assert schedules.from_spec(branch["learning_rate"])(20) == 1e-5
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"search": {"strategy": "pbt", "population": 4, "interval_steps": 30}},
+     "fidelity.kind: cooldown works with search.strategy optuna, got 'pbt'"),
+    ({"pruner": {"kind": "hyperband"}}, "pruner.kind: hyperband is not supported with "
+                                        "fidelity.kind cooldown"),
+    ({"pruner": {"kind": "asha"}}, "pruner.min_resource: expected a number of steps with "
+                                   "fidelity.kind cooldown (the first rung), got 'auto'"),
+    ({"pruner": {"kind": "asha", "min_resource": 15}},
+     "pruner.min_resource: rung 15: expected a multiple of budget.report_every (10)"),
+    ({"pruner": {"kind": "median"}}, "fidelity.rungs: expected the steps to score trials at "
+                                     "(pruner median defines none)"),
+    ({"pruner": {"kind": "none"}, "fidelity": {"kind": "cooldown", "rungs": [40, 90]}},
+     "fidelity.rungs: expected steps below budget.steps (90), got 90"),
+    ({"pruner": {"kind": "none"}, "fidelity": {"kind": "cooldown", "rungs": [40, 20]}},
+     "fidelity.rungs: expected strictly increasing steps, got [40, 20]"),
+    ({"fidelity": {"kind": "cooldown", "schedules": ["lr"]}},
+     "fidelity.schedules: 'lr' is not a key of hyperparams (have: learning_rate, weight_decay)"),
+    ({"fidelity": {"fraction": 0.1}}, "fidelity.fraction: only used with kind cooldown"),
+    ({"fidelity": {"kind": "cooldown", "fraction": 1.5}},
+     "fidelity.fraction: Input should be less than 1"),
+    ({"fidelity": {"kind": "colddown"}}, "fidelity.kind: Input should be 'truncate' or 'cooldown'"),
+])
+def test_cooldown_config_mistakes_are_one_line(change, message):
+    data = _data("r")
+    for key, value in change.items():
+        data[key] = {**data[key], **value} if key == "search" else value
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, "cool.yaml")
+    assert str(caught.value).startswith("cool.yaml: ") and message in str(caught.value), \
+        str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+# --- sweeps on Ray ---------------------------------------------------------------------------
+
+def _study(run_dir, config):
+    return optuna.load_study(study_name=config.name, storage=storage(config))
+
+
+def _replayed(config, run_dir, number, trials, tmp_path):
+    """The value of trial ``number`` trained from scratch, alone, on its own schedule."""
+    data = replay_config(config, number, trials, [], str(tmp_path / f"replay-{number}"))
+    Sweep(parse_config(data, "replay.yaml")).run()
+    (row,) = RunRecords(str(tmp_path / f"replay-{number}")).read("trials").to_pylist()
+    return row["value"]
+
+
+def _check(run_dir, tmp_path, data, also=()):
+    """Every rung score is its branch's result, and every completed trunk, the last branch and
+    the trials ``also`` equal standalone runs of their schedules (atol=0)."""
+    config = parse_config(data)
+    records = RunRecords(str(run_dir))
+    trials = {r["number"]: r for r in records.read("trials").to_pylist()}
+    branches = records.read("branches").to_pylist()
+    trunks = {n: r for n, r in trials.items() if r["rung"] is None}
+    assert len(trunks) == 3 and branches
+    study = {t.number: t for t in _study(run_dir, config).trials}
+    for row in branches:
+        assert trials[row["branch"]]["rung"] == row["rung"] and row["state"] == "COMPLETE"
+        assert row["from_step"] == cooldown.branch(config, json.loads(
+            trunks[row["trial"]]["schedules"]), row["rung"])[0]
+        assert study[row["trial"]].intermediate_values[row["rung"]] == row["value"]
+        assert trials[row["branch"]]["value"] == row["value"]
+    for number, trunk in trunks.items():  # a trunk's study values are its rung scores alone
+        scored = sorted(r["rung"] for r in branches if r["trial"] == number)
+        assert sorted(study[number].intermediate_values) == scored
+        if trunk["state"] == "COMPLETE":
+            assert scored == [20, 60]
+    finished = {n for n, r in trunks.items() if r["state"] == "COMPLETE"}
+    assert finished
+    for number in sorted(finished | {branches[-1]["branch"]} | {
+            n for n in also if trials[n]["state"] == "COMPLETE"}):
+        assert _replayed(config, run_dir, number, trials, tmp_path) == trials[number]["value"]
+    return trials, branches
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_cooldown_sweep_scores_rungs_by_branches_that_equal_runs_planned_for_that_length(
+        tmp_path):
+    run_dir = tmp_path / "run"
+    data = _data(run_dir)
+    summary = Sweep(parse_config(data, "cool.yaml")).run()
+    trials, branches = _check(run_dir, tmp_path, data)
+    best = min((r for r in trials.values() if r["rung"] is None and r["state"] == "COMPLETE"),
+               key=lambda r: r["value"])
+    assert summary.best["number"] == best["number"]  # a branch is never the best trial
+    # the branch checkpoints its trunk forked from are kept whatever keep_last says
+    kept = os.listdir(run_dir / "checkpoints" / f"trial-{best['number']:05d}")
+    assert {"ckpt-000000016.arrow", "ckpt-000000048.arrow"} <= set(kept)
+
+
+class _Killer:
+    """kill -9 of the worker of the first branch at its first report, and of the first trunk
+    past its first rung between checkpoints: each mid-run, neither at a checkpoint."""
+
+    def __init__(self):
+        self.pids, self.branches, self.killed = {}, set(), []
+
+    def __call__(self, kind, info):
+        number = info.get("number")
+        if kind == "placed":
+            self.pids[number] = info["pid"]
+        elif kind == "forked":
+            self.branches.add(number)
+        elif kind == "report" and number in self.pids:
+            branch = number in self.branches
+            due = (branch and not any(b for b, _ in self.killed)) or \
+                (not branch and info["step"] == 40 and not any(not b for b, _ in self.killed))
+            if due:
+                os.kill(self.pids.pop(number), signal.SIGKILL)
+                self.killed.append((branch, number))
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_kill_9_of_a_trunk_and_of_a_branch_worker_changes_no_result(tmp_path):
+    run_dir, killer = tmp_path / "run", _Killer()
+    data = _data(run_dir, max_concurrent=1)
+    Sweep(parse_config(data, "cool.yaml"), on_event=killer).run()
+    trials, _ = _check(run_dir, tmp_path, data, also=[n for _, n in killer.killed])
+    assert [branch for branch, _ in killer.killed] == [True, False], killer.killed
+    for _, number in killer.killed:  # each worker died mid-run, and the run went on
+        assert trials[number]["lost"] == 1 and trials[number]["state"] in ("COMPLETE", "PRUNED")
