@@ -53,8 +53,13 @@ def plot_run(run_dir: str, out: str, best: int = 3) -> PlotSet:
     objective = config["objective"][0] if isinstance(config["objective"], list) else config["objective"]
     metric, direction = objective["metric"], objective.get("direction", "minimize")
     records = RunRecords(run_dir)
-    trials = sorted(records.read("trials").to_pylist(), key=lambda r: r["number"])
-    history = [h for h in records.read("history").to_pylist() if h["metric"] == metric]
+    rows = sorted(records.read("trials").to_pylist(), key=lambda r: r["number"])
+    trials = [r for r in rows if r["rung"] is None]  # cooldown branches score these
+    branch_of = {r["number"]: r["parent"] for r in rows if r["rung"] is not None}
+    history = [h for h in records.read("history").to_pylist()
+               if h["metric"] == metric and h["trial"] not in branch_of]
+    branch_history = [h for h in records.read("history").to_pylist()
+                      if h["metric"] == metric and h["trial"] in branch_of]
     done = [t for t in trials if t["state"] == "COMPLETE" and _finite(t["value"])]
     result = PlotSet()
     if not done:
@@ -64,7 +69,8 @@ def plot_run(run_dir: str, out: str, best: int = 3) -> PlotSet:
     top = sorted(done, key=lambda t: t["value"], reverse=direction == "maximize")[:best]
     figures = {
         "history.png": history_figure(trials, history, metric, direction),
-        "curves.png": curves_figure(trials, history, metric, [t["number"] for t in top]),
+        "curves.png": curves_figure(trials, history, metric, [t["number"] for t in top],
+                                    branch_history, branch_of),
         "schedules.png": schedules_figure(top, int(config["budget"]["steps"])),
     }
     exploits = records.read("lineage").to_pylist()
@@ -135,9 +141,10 @@ def history_figure(trials: list[dict], history: list[dict], metric: str,
     return fig
 
 
-def curves_figure(trials: list[dict], history: list[dict], metric: str,
-                  best: list[int]) -> Figure:
-    """Every trial's curve, labelled by trial number at its end; the best few in colour."""
+def curves_figure(trials: list[dict], history: list[dict], metric: str, best: list[int],
+                  branch_history: list[dict] = (), branch_of: dict[int, int] = {}) -> Figure:
+    """Every trial's curve, labelled by trial number at its end; the best few in colour, with
+    their cooldown branches (``branch_of``: branch -> trunk) dotted, a dot at each rung score."""
     fig, ax = plt.subplots(figsize=SIZE)
     states = {t["number"]: t["state"] for t in trials}
     curves: dict[int, list[tuple[int, float]]] = {}
@@ -159,10 +166,20 @@ def curves_figure(trials: list[dict], history: list[dict], metric: str,
                     label=f"trial {number}")
         ax.annotate(str(number), (steps[-1], values[-1]), fontsize=7, color="0.3",
                     xytext=(2, 0), textcoords="offset points")
-    values = [h["value"] for h in history]
+    branches: dict[int, list[tuple[int, float]]] = {}
+    for h in branch_history:
+        if branch_of[h["trial"]] in best and _finite(h["value"]):
+            branches.setdefault(h["trial"], []).append((h["step"], h["value"]))
+    for number, points in sorted(branches.items()):
+        steps, values = zip(*sorted(points))
+        ax.plot(steps, values, color=palette(best.index(branch_of[number])), lw=1.2, ls=":",
+                marker="o", markevery=[len(steps) - 1], ms=4, zorder=4,
+                label=f"cooldown branch {number} of trial {branch_of[number]}")
+    values = [h["value"] for h in history] + [v for points in branches.values() for _, v in points]
     _log_axis(ax, values)
+    dotted = ", their cooldown branches dotted" if branches else ""
     ax.set(xlabel="step", ylabel=metric,
-           title=f"intermediate {metric}: best {len(best)} in colour, pruned dashed"
+           title=f"intermediate {metric}: best {len(best)} in colour{dotted}, pruned dashed"
                  f"{_left_out(values)}")
     ax.grid(alpha=0.3)
     handles = sorted((h for h in ax.get_lines() if h.get_label().endswith(")")),
@@ -244,7 +261,8 @@ def importances_figure(run_dir: str, metric: str) -> Figure | str:
     from runner.report import study_trials
     from runner.rundir import RunDir
 
-    done = [t for t in study_trials(RunDir(run_dir)) or [] if t.state == TrialState.COMPLETE]
+    done = [t for t in study_trials(RunDir(run_dir)) or []  # forks, branches: nothing sampled
+            if t.state == TrialState.COMPLETE and t.distributions]
     varied = {name for t in done for name, dist in t.distributions.items()
               if not dist.single()}
     if len(done) < 2 or not varied:

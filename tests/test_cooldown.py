@@ -8,6 +8,7 @@ import signal
 
 import optuna
 import pytest
+import yaml
 
 import schedules
 from runner import cooldown
@@ -160,6 +161,21 @@ def test_a_cooldown_sweep_scores_rungs_by_branches_that_equal_runs_planned_for_t
     best = min((r for r in trials.values() if r["rung"] is None and r["state"] == "COMPLETE"),
                key=lambda r: r["value"])
     assert summary.best["number"] == best["number"]  # a branch is never the best trial
+    # the curves: trunks alone, the best ones with their branches; a branch is no trial's point
+    from runner.plots import plot_run
+    from tests.test_plots import _shown
+
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(data))  # as sweep run writes it
+    plot_run(str(run_dir), str(tmp_path / "plots"))
+    (curves,) = _shown(tmp_path / "plots" / "curves.png")
+    labels = {s["label"] for s in curves["series"]}
+    assert not {f"trial {r['branch']}" for r in branches} & labels
+    assert {f"cooldown branch {r['branch']} of trial {best['number']}" for r in branches
+            if r["trial"] == best["number"]} <= labels
+    assert any(label.startswith("cooldown branch") for label in labels)
+    (history,) = _shown(tmp_path / "plots" / "history.png")
+    assert sum(s["points"] for s in history["series"] if s["label"] == "complete") == \
+        sum(r["state"] == "COMPLETE" for r in trials.values() if r["rung"] is None)
     # the branch checkpoints its trunk forked from are kept whatever keep_last says
     kept = os.listdir(run_dir / "checkpoints" / f"trial-{best['number']:05d}")
     assert {"ckpt-000000016.arrow", "ckpt-000000048.arrow"} <= set(kept)
