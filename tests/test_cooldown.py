@@ -212,3 +212,27 @@ def test_kill_9_of_a_trunk_and_of_a_branch_worker_changes_no_result(tmp_path):
     assert [branch for branch, _ in killer.killed] == [True, False], killer.killed
     for _, number in killer.killed:  # each worker died mid-run, and the run went on
         assert trials[number]["lost"] == 1 and trials[number]["state"] in ("COMPLETE", "PRUNED")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("when, said", [
+    ("parent", "killed after parent"),  # a branch forked: its trial made, not yet run
+    ("checkpoint:0:48", "killed at the checkpoint of trial 0 at step 48"),  # a branch point
+])
+@pytest.mark.usefixtures("ray_local")
+def test_a_driver_killed_mid_fidelity_resumes_with_every_score_a_branchs(tmp_path, when, said):
+    import subprocess
+    import sys
+
+    run_dir, path = tmp_path / "run", tmp_path / "cool.yaml"
+    data = _data(run_dir, max_concurrent=1)
+    path.write_text(yaml.safe_dump(data))
+    killed = subprocess.run([sys.executable, "-m", "tests.killed_driver", when, "run", str(path)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert killed.returncode == -signal.SIGKILL and said in killed.stdout, killed.stdout[-2000:]
+    resumed = subprocess.run([sys.executable, "-m", "runner.cli", "resume", str(run_dir)],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    _, branches = _check(run_dir, tmp_path, data)
+    scored = [(r["trial"], r["rung"]) for r in branches]
+    assert len(scored) == len(set(scored))  # each rung scored once: no branch forked twice
