@@ -102,7 +102,7 @@ def check_run_dir(config: SweepConfig, source: str) -> None:
     from runner.rundir import local_run_dir_problem
 
     path = config.run_dir()
-    problem = "" if "://" in path else local_run_dir_problem(path)
+    problem = "" if "://" in path else local_run_dir_problem(path, config.name)
     if problem:
         key = "storage" if config.storage else f"name (the run dir runs/{config.name})"
         raise ConfigError(f"{source}: {key}: {problem}")

@@ -118,8 +118,9 @@ def strategy_options_problem(cls: type, options: dict[str, Any]) -> Optional[str
     if model is not None:
         try:
             model.model_validate(options)
-        except ValidationError as exc:
-            first = exc.errors()[0]
+        except ValidationError as exc:  # a misspelled key first: it explains the missing one
+            first = next((e for e in exc.errors() if e["type"] == "extra_forbidden"),
+                         exc.errors()[0])
             if first["type"] != "extra_forbidden":
                 return _format(first, exc.errors())
             unknown = [str(first["loc"][0])]
@@ -435,8 +436,17 @@ def config_changes(saved: Union[SweepConfig, dict], new: Union[SweepConfig, dict
         elif old != now:
             changed.append(path)
 
-    walk(plain_config(saved), plain_config(new), "")
+    walk(_with_defaults(plain_config(saved)), _with_defaults(plain_config(new)), "")
     return changed
+
+
+def _with_defaults(data: dict) -> dict:
+    """A saved config with the keys a later version added at their defaults: a sweep begun
+    before ``fidelity`` existed has not changed it."""
+    try:
+        return plain_config(SweepConfig.model_validate(data))
+    except ValidationError:  # a config this version no longer reads: compared as it is
+        return data
 
 
 def plain_config(config: Union[SweepConfig, dict]) -> dict:

@@ -137,6 +137,7 @@ class CooldownFidelity(OptunaStrategy):
         self.decides_at_reports = True
         self.rungs = rungs(config)
         self.metric = config.objectives[0].metric
+        self._branches: dict[tuple[int, int], tuple[int, dict]] = {}  # (trunk, rung) -> plan
 
     def plan_schedules(self, specs: dict) -> dict:
         return trunk_specs(self.config, specs)
@@ -156,7 +157,10 @@ class CooldownFidelity(OptunaStrategy):
             for rung in self.rungs:
                 scored = branches.get((trunk.number, rung))
                 if scored is None:
-                    at, specs = branch(self.config, trunk.schedules, rung)
+                    key = (trunk.number, rung)  # next() is asked at every event: plan once
+                    if key not in self._branches:
+                        self._branches[key] = branch(self.config, trunk.schedules, rung)
+                    at, specs = self._branches[key]
                     if trunk.checkpoint_step >= at:
                         return Fork(trunk.number, at, specs, steps=rung, rung=rung)
                 elif scored.state in ENDED and trunk.state == "paused" and \
@@ -170,15 +174,26 @@ class CooldownFidelity(OptunaStrategy):
         return WAIT if alive else DONE
 
     def decide(self, trial: TrialView, step: int, metrics: dict[str, float]) -> str:
-        if rung_of(trial) is not None or step not in self.rungs:
+        """At a rung: the pruner's verdict on its branch's score, or a pause until the branch
+        has run (next() then resumes or prunes the trunk). A rung passed unscored (a trunk the
+        user resumed past it) is scored at the first report after its branch has finished."""
+        due = [rung for rung in self.rungs if rung <= step]
+        if rung_of(trial) is not None or not due:
             return "continue"
-        scored = next((t for t in self.study.get_trials(deepcopy=False)
-                       if (t.user_attrs.get("parent") or {}).get("trial") == trial.number
-                       and t.user_attrs["parent"].get("rung") == step), None)
-        if scored is None or not scored.state.is_finished():
-            return "pause"  # until its branch has run: next() then resumes or prunes it
-        value = scored.values[0] if scored.values else None
-        return "prune" if self._prunes(trial.number, step, value) else "continue"
+        trials = self.study.get_trials(deepcopy=False)
+        scored = set(next(t for t in trials if t.number == trial.number).intermediate_values)
+        branches = {t.user_attrs["parent"]["rung"]: t for t in trials
+                    if (t.user_attrs.get("parent") or {}).get("trial") == trial.number
+                    and t.user_attrs["parent"].get("rung") is not None}
+        for rung in (r for r in due if r not in scored):
+            got = branches.get(rung)
+            if got is None or not got.state.is_finished():
+                if rung == step:
+                    return "pause"
+                continue
+            if self._prunes(trial.number, rung, got.values[0] if got.values else None):
+                return "prune"
+        return "continue"
 
     def _prunes(self, number: int, rung: int, value: Optional[float]) -> bool:
         """Record the branch's result as the trunk's value at ``rung``; the pruner's verdict.

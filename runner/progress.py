@@ -26,9 +26,11 @@ _LINES = {
                 "stays resumable either way)",
     "aborting": "stopping: the first {trials} trials all failed with: {error}",
 }
-_REQUEUED = {
-    "lost": "trial {number} lost its worker ({error}); resumes from step {from_step}",
-    "retry": "trial {number} raised {error}; retrying from step {from_step}",
+_REQUEUED = {  # a lost worker may have saved a checkpoint the driver had not heard of yet
+    "lost": "trial {number} lost its worker ({error}); resumes from its last checkpoint (step "
+            "{from_step} or later)",
+    "retry": "trial {number} raised {error}; retrying from its last checkpoint (step "
+             "{from_step} or later)",
     "migrate": "trial {number} migrating from step {from_step}",
     "handover": "trial {number} handing over (its worker is going away) at step {from_step}",
 }

@@ -14,7 +14,7 @@ import json
 import os
 import posixpath
 import uuid
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
@@ -33,9 +33,10 @@ class RunDirError(RuntimeError):
 RUN_DIR_MARKS = ("config.yaml", "study.journal")  # a sweep writes one of them first
 
 
-def local_run_dir_problem(path: str) -> str:
+def local_run_dir_problem(path: str, name: Optional[str] = None) -> str:
     """Why a local ``path`` can be neither made nor continued as a run dir ("" if it can): said
-    before anything starts, instead of a traceback from the first write."""
+    before anything starts, instead of a traceback from the first write. ``name``: the sweep's,
+    which a run dir's config.yaml must have (another file of that name is not a run dir)."""
     if os.path.exists(path) and not os.path.isdir(path):
         return f"{path!r} is a file; expected a directory for the run dir"
     if os.path.isdir(path):
@@ -43,6 +44,10 @@ def local_run_dir_problem(path: str) -> str:
                                         for m in RUN_DIR_MARKS):
             return (f"{path!r} is a non-empty directory that is not a run dir (no config.yaml); "
                     f"expected a new directory or an existing run dir")
+        other = _other_sweep(os.path.join(path, "config.yaml"), name)
+        if other:
+            return (f"{path!r} holds a config.yaml that is {other}; expected a new directory or "
+                    f"this sweep's run dir")
         return "" if os.access(path, os.W_OK | os.X_OK) else f"{path!r} is not writable"
     made, parent = [], os.path.abspath(path)
     while not os.path.exists(parent):
@@ -59,6 +64,23 @@ def local_run_dir_problem(path: str) -> str:
             if os.path.isdir(directory):
                 os.rmdir(directory)
     return ""
+
+
+def _other_sweep(path: str, name: Optional[str]) -> str:
+    """What the config.yaml at ``path`` is if it is not sweep ``name``'s ("" if it is, or
+    there is none)."""
+    if name is None or not os.path.isfile(path):
+        return ""
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return "not a sweep config (unreadable YAML)"
+    if not isinstance(data, dict) or "trainable" not in data:
+        return "not a sweep config"
+    return "" if data.get("name") == name else f"sweep {data.get('name')!r}'s, not {name!r}'s"
 
 
 class RunDir:

@@ -311,6 +311,8 @@ def test_sweep_replay_trains_a_member_from_scratch_on_its_effective_schedule(bas
      "search.strategy pbt to explore (params are the donor's, never explored)"),
     ({"search": {"perturb_factor": [0.8]}},
      "search.perturb_factor: unknown key (did you mean 'perturb_factors'?)"),
+    ({"search": {"interval_step": 20, "interval_steps": None}},  # the required key misspelled
+     "search.interval_step: unknown key (did you mean 'interval_steps'?)"),
     ({"search": {"n_trials": 20}}, "search.n_trials: not used with search.strategy pbt (the "
                                    "population is the number of trials: search.population)"),
 ])
@@ -319,6 +321,7 @@ def test_pbt_config_mistakes_are_one_line(tmp_path, change, message):
 
     data = _pbt_data(tmp_path / "run")
     data["search"].update(change.get("search", {}))
+    data["search"] = {k: v for k, v in data["search"].items() if v is not None}  # None: absent
     data.update({k: v for k, v in change.items() if k != "search"})
     with pytest.raises(ConfigError, match="^" + re.escape(f"pbt.yaml: {message}")):
         parse_config(data, "pbt.yaml")

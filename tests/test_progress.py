@@ -35,5 +35,6 @@ def test_a_lost_worker_names_its_error_and_the_finished_line_its_value():
                                   "from_step": 40}),
                     ("finished", {"number": 1, "state": "COMPLETE", "values": {"loss": 0.25},
                                   "error": ""})])
-    assert lines == ["trial 1 lost its worker (RayActorError); resumes from step 40",
+    assert lines == ["trial 1 lost its worker (RayActorError); resumes from its last "
+                     "checkpoint (step 40 or later)",
                      "trial 1 COMPLETE loss=0.25"]

@@ -314,6 +314,10 @@ def test_a_misspelled_objective_stops_at_the_first_report_and_once_fixed_the_swe
     ("notes", "'{p}' is a non-empty directory that is not a run dir (no config.yaml); expected a "
               "new directory or an existing run dir"),
     ("/proc/sweep-run", "'{p}' cannot be made: No such file or directory"),
+    ("other", "'{p}' holds a config.yaml that is not a sweep config; expected a new directory "
+              "or this sweep's run dir"),
+    ("another", "'{p}' holds a config.yaml that is sweep 'b''s, not 'trust''s; expected a new "
+                "directory or this sweep's run dir"),
 ])
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_a_storage_that_cannot_be_a_run_dir_is_one_line_before_anything_starts(
@@ -323,6 +327,11 @@ def test_a_storage_that_cannot_be_a_run_dir_is_one_line_before_anything_starts(
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    (tmp_path / "other").mkdir()  # before: used as the run dir, its config.yaml replaced
+    (tmp_path / "other" / "config.yaml").write_text("foo: bar\n")
+    (tmp_path / "another").mkdir()
+    (tmp_path / "another" / "config.yaml").write_text(yaml.safe_dump(
+        {**_quick(tmp_path), "name": "b"}))
     path, storage = tmp_path / "sweep.yaml", tmp_path / where  # (an absolute where stays)
     path.write_text(yaml.safe_dump(_quick(tmp_path, storage=str(storage))))
     before = sorted(str(p) for p in tmp_path.rglob("*"))
@@ -479,3 +488,21 @@ def test_a_journal_writer_killed_9_mid_append_leaves_no_stale_lock_and_no_torn_l
     assert [t.params for t in study_lib.open_study(config).get_trials()] == [{}, {}] and \
         [t.system_attrs["fixed_params"] for t in study_lib.open_study(config).get_trials()] == \
         [{"x": 1}, {"x": 2}]
+
+
+def test_a_sweep_begun_before_a_config_key_existed_resumes(tmp_path, capsys):
+    """Before: the study's saved config lacked ``fidelity`` (added later), and every run or
+    resume of such a sweep was refused as "the config changed fidelity"."""
+    from runner.study import CONFIG_KEY, open_study, set_study_system_attr, study_system_attrs
+
+    data = _quick(tmp_path, search={"sampler": "random", "seed": 0, "n_trials": 2})
+    _sweep(data)
+    study = open_study(parse_config(data))
+    older = {k: v for k, v in study_system_attrs(study)[CONFIG_KEY].items() if k != "fidelity"}
+    set_study_system_attr(study, CONFIG_KEY, older)  # as the version before fidelity saved it
+    extended = {**data, "search": {**data["search"], "n_trials": 3}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(extended))
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 0, capsys.readouterr().err
+    assert len(_trials(tmp_path / "run")) == 3
