@@ -447,8 +447,13 @@ def _replay(args: argparse.Namespace, console: Console) -> int:
     with open(args.out, "x") as f:
         yaml.safe_dump(data, f, sort_keys=False)
     count = sum(e["member"] == args.trial for e in exploits)
+    joined = max((len(s["boundaries"]) for s in data["hyperparams"].values()  # its lineage's
+                  if isinstance(s, dict) and s.get("kind") == "join" and s.get("absolute")),
+                 default=0)
+    inherited = f", {joined} in its weights lineage" if joined > count else ""
     console.print(f"{args.out}: trial {args.trial} from scratch with its effective schedules "
-                  f"({count} exploit{'' if count == 1 else 's'}), run dir {data['storage']}"
+                  f"({count} exploit{'' if count == 1 else 's'} of its own{inherited}), run dir "
+                  f"{data['storage']}"
                   f"{'' if args.run else f'; run it with: sweep run {args.out}'}",
                   highlight=False, markup=False)
     if not args.run:

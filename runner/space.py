@@ -236,17 +236,22 @@ def check_space(section: Mapping[str, Any], name: str, *, schedule_keys: bool) -
         path = f"{name}.{key}"
         check_distributions(value, path, numbers=schedule_keys)
         for index in range(_branch_count(value)):
+            problems = {}
             for bound in (0, 1):
                 concrete = sample(value, path, _Exhaust(index, bound))
-                if schedule_keys:
-                    try:
-                        to_schedule(concrete, path)
-                    except schedules.ScheduleError as exc:
-                        if concrete == value:
-                            raise
-                        end = ("low", "high")[bound]
-                        raise schedules.ScheduleError(
-                            f"{exc} (with every range of {path} at its {end} end)") from None
+                if not schedule_keys:
+                    continue
+                try:
+                    to_schedule(concrete, path)
+                except schedules.ScheduleError as exc:
+                    if concrete == value:
+                        raise
+                    problems[("low", "high")[bound]] = str(exc)
+            if len(set(problems.values())) == 1 and len(problems) == 2:  # not the ranges' doing
+                raise schedules.ScheduleError(problems["low"])
+            for end, problem in problems.items():
+                raise schedules.ScheduleError(
+                    f"{problem} (with every range of {path} at its {end} end)")
 
 
 def to_schedule(value: Any, path: str) -> schedules.Schedule:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -263,3 +264,22 @@ def test_a_number_yaml_reads_as_text_gets_a_hint(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=r"YAML reads 1e-4 as text, not a number"):
         load_config(path)
+
+
+def test_a_schedule_mistake_the_ranges_do_not_cause_names_no_range_end(tmp_path):
+    """Before: an unknown kind said "(with every range ... at its low end)", as if a bound
+    were to blame; a bound that is to blame still says which end."""
+    from runner.config import ConfigError, parse_config
+
+    data = json.loads(json.dumps(GOOD))
+    data["hyperparams"] = {"learning_rate": {"kind": "wsdd", "peak_value": {"loguniform": [1e-4,
+                                                                                         1e-2]}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, "s.yaml")
+    assert "unknown schedule kind 'wsdd'" in str(caught.value)
+    assert "at its low end" not in str(caught.value)
+    data["hyperparams"] = {"learning_rate": {
+        "kind": "wsd", "peak_value": 0.01, "warmup_steps": {"int": [0, 50]}, "stable_steps": 10,
+        "decay_steps": {"int": [0, 5]}}}  # decay_steps 0 is invalid: only at the low end
+    with pytest.raises(ConfigError, match=r"at its low end\)$"):
+        parse_config(data, "s.yaml")
