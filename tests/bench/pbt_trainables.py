@@ -34,7 +34,10 @@ def wsd_spec(peak_value: float, steps: int) -> dict[str, Any]:
 
 
 def _index(trial_id: str) -> int:
-    return int(trial_id.rsplit("_", 1)[-1])
+    """The trial's number in its Tune run (``_00003``); with a search algorithm Tune's ids end in
+    a hex hash instead, which then seeds the trial (distinct, not this runner's numbering)."""
+    tail = trial_id.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else int(tail, 16) % 1_000_000
 
 
 def tune_train(config: dict) -> None:
