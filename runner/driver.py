@@ -250,7 +250,10 @@ class Sweep:
         recorded = max(life.reports, default=-1)
         self._apply(life, lc.Recovered(_saved_reports(self.root, frozen.number, recorded)))
         self._save_attrs(life)
-        self.on_event("adopted", {"number": frozen.number, "paused": frozen.number in paused})
+        branch = {"parent": lineage["trial"], "rung": lineage["rung"]} \
+            if (lineage or {}).get("rung") is not None else {}
+        self.on_event("adopted", {"number": frozen.number, "paused": frozen.number in paused,
+                                  **branch})
 
     # --- carrying out a lifecycle's actions ----------------------------------------------------
 

@@ -71,6 +71,7 @@ class Progress:
         number = info.get("number")
         if kind == "forked" and "rung" in info:
             kind = "branched"
+        if kind in ("branched", "adopted") and "rung" in info:
             self.branches[number] = info
         line = _LINES.get("adopted_paused" if kind == "adopted" and info.get("paused") else
                           f"{kind}_by_strategy" if info.get("by_strategy") else kind)
@@ -102,11 +103,12 @@ class Progress:
         value = info["values"].get(self.objective)
         if number in self.branches:
             if self.live is None:
-                branch = self.branches[number]
-                shown = f"{value:.6g}" if value is not None else f"{state} {info['error']}"
-                self.console.print(f"trial {branch['parent']} scores {shown} at rung "
-                                   f"{branch['rung']} (its branch, trial {number})".rstrip(),
-                                   highlight=False, markup=False, soft_wrap=True)
+                parent, rung = self.branches[number]["parent"], self.branches[number]["rung"]
+                line = (f"trial {parent} scores {value:.6g} at rung {rung} (its branch, trial "
+                        f"{number})" if value is not None else
+                        f"trial {parent}: its branch to rung {rung}, trial {number}, ended "
+                        f"{state} ({info['error']}): trial {parent} is pruned there")
+                self.console.print(line, highlight=False, markup=False, soft_wrap=True)
             return
         self.counts[state] = self.counts.get(state, 0) + 1
         if state == "COMPLETE" and value is not None:

@@ -38,3 +38,17 @@ def test_a_lost_worker_names_its_error_and_the_finished_line_its_value():
     assert lines == ["trial 1 lost its worker (RayActorError); resumes from its last "
                      "checkpoint (step 40 or later)",
                      "trial 1 COMPLETE loss=0.25"]
+
+
+def test_a_cooldown_branch_scores_its_trunk_and_is_no_trial_of_the_counts():
+    lines = _lines([("forked", {"number": 3, "parent": 0, "step": 8, "rung": 10}),
+                    ("adopted", {"number": 4, "paused": False, "parent": 1, "rung": 10}),
+                    ("finished", {"number": 3, "state": "COMPLETE", "values": {"loss": 1.5},
+                                  "error": ""}),
+                    ("finished", {"number": 4, "state": "FAIL", "values": {},
+                                  "error": "worker lost"})])
+    assert lines == ["trial 3: the cooldown branch of trial 0 from step 8 to rung 10",
+                     "trial 4 picked up from the previous driver",
+                     "trial 0 scores 1.5 at rung 10 (its branch, trial 3)",
+                     "trial 1: its branch to rung 10, trial 4, ended FAIL (worker lost): trial 1 "
+                     "is pruned there"]
