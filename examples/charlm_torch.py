@@ -96,6 +96,18 @@ def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
+def update(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+           y: torch.Tensor) -> torch.Tensor:
+    """One AdamW step on a batch, gradients clipped; the batch's loss (the benchmark's Ray Tune
+    trainable takes the same step)."""
+    loss = lm_loss(model, x, y)
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+    optimizer.step()
+    return loss
+
+
 def train(ctx: TrialContext) -> None:
     params = {**DEFAULTS, **ctx.params}
     context, batch_size = int(params["context"]), int(params["batch_size"])
@@ -113,11 +125,7 @@ def train(ctx: TrialContext) -> None:
     for step in ctx.steps():
         starts = batch_starts(ctx.seed, step, batch_size, context, len(train_tokens))
         x, y = (torch.from_numpy(a) for a in windows(train_tokens, starts, context))
-        loss = lm_loss(model, x, y)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
-        optimizer.step()
+        loss = update(model, optimizer, x, y)
         scheduler.step()
         if ctx.report_due(step):
             with torch.no_grad():

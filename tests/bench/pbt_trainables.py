@@ -48,7 +48,7 @@ def tune_train(config: dict) -> None:
 
     import schedules
     from examples.charlm_data import batch_starts, splits, val_starts, windows
-    from examples.charlm_torch import CLIP, DEFAULTS, lm_loss, make_model, param_groups
+    from examples.charlm_torch import DEFAULTS, lm_loss, make_model, param_groups, update
     from runner.context import derive_seed, seed_everything
 
     params = {**DEFAULTS, **config["params"]}
@@ -80,11 +80,7 @@ def tune_train(config: dict) -> None:
             group["weight_decay"] = weight_decay if i == 0 else 0.0
         starts = batch_starts(seed, step, batch_size, context, len(train_tokens))
         x, y = (torch.from_numpy(a) for a in windows(train_tokens, starts, context))
-        loss = lm_loss(model, x, y)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
-        optimizer.step()
+        loss = update(model, optimizer, x, y)
         step += 1
         if step % every == 0 or step == steps:
             with torch.no_grad():
