@@ -107,6 +107,7 @@ class PBT(Strategy):
             if alive[number].state == "paused" and alive[number].checkpoint_step == step:
                 return Resume(number)
         self.generation += 1  # every member is on its way to the next step: plan it at once
+        del self.plans[str(self.generation - 1)]  # carried out: the saved state stays small
         return self.next(sweep)  # (with one slot, nothing else would ask)
 
     def decide(self, trial: TrialView, step: int, metrics: dict[str, float]) -> str:

@@ -77,6 +77,12 @@ def test_a_pbt_sweep_is_a_function_of_its_seed_and_its_schedules_say_what_member
     for member in exploited:
         spec = json.loads(trials[member]["schedules"])
         assert any(s["kind"] == "join" and s.get("absolute") for s in spec.values())
+    # the strategy's saved state keeps the plan of the generation in hand, not all of them
+    from runner.driver import STRATEGY_STATE_KEY
+    from runner.study import open_study, study_system_attrs
+
+    saved = study_system_attrs(open_study(parse_config(_pbt_data(run_dir))))[STRATEGY_STATE_KEY]
+    assert len(saved["state"]["plans"]) <= 1 and saved["state"]["generation"] == 2
     # the same seed again: identical values, lineage and applied hyperparameters
     (history2, applied2, states2, _), lineage2 = _run(tmp_path / "again")
     assert (states2, lineage2, applied2, history2) == (states, lineage, applied, history)
