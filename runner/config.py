@@ -313,13 +313,33 @@ def _format(error: dict[str, Any], errors: list = ()) -> str:
 
         missing = [str(e["loc"][-1]) for e in errors if e["type"] == "missing"
                    and e["loc"][:-1] == error["loc"][:-1]]
-        close = difflib.get_close_matches(str(error["loc"][-1]), missing, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(str(error["loc"][-1]), missing, n=1, cutoff=0.6) or \
+            difflib.get_close_matches(str(error["loc"][-1]), _keys_at(error["loc"][:-1]), n=1,
+                                      cutoff=0.75)
         return f"{loc}: unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
     if error["type"] == "value_error" and re.match(r"^[\w.]+: ", message):
         return f"{loc}.{message}" if loc else message  # a cross-field check names its own key
     got = error.get("input")
     shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
     return f"{loc}: {message}{shown}" if loc else f"{message}{shown}"
+
+
+def _keys_at(path: tuple) -> list[str]:
+    """The keys the config model takes at ``path`` (``("fidelity",)``), [] where it is free."""
+    import typing
+
+    model: Any = SweepConfig
+    for part in path:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) and \
+            issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        models = [a for a in (field.annotation, *typing.get_args(field.annotation))
+                  if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not models:
+            return []
+        model = models[0]
+    return list(model.model_fields)
 
 
 def _hyperparam_name_problem(key: str) -> str | None:

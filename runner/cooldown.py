@@ -61,8 +61,9 @@ def config_problem(config: "SweepConfig") -> Optional[str]:
         return (f"fidelity.rungs: expected none with pruner {pruner.kind} (its rungs are "
                 f"min_resource * reduction_factor ** k)")
     if pruner.kind in HALVING and not isinstance(pruner.min_resource, int):
-        return (f"pruner.min_resource: expected a number of steps with fidelity.kind cooldown "
-                f"(the first rung), got {pruner.min_resource!r}")
+        return ("pruner.min_resource: expected a number of steps with fidelity.kind cooldown "
+                "(the first rung; Optuna's 'auto', the default, would pick it from the first "
+                "trial's reports)")
     if pruner.kind not in HALVING and fidelity.rungs is None:
         return (f"fidelity.rungs: expected the steps to score trials at (pruner {pruner.kind} "
                 f"defines none)")
@@ -70,6 +71,12 @@ def config_problem(config: "SweepConfig") -> Optional[str]:
     if missing:
         return (f"fidelity.schedules: {missing[0]!r} is not a key of hyperparams (have: "
                 f"{', '.join(config.hyperparams) or 'none'})")
+    stateful = [name for name in fidelity.schedules
+                if "reduce_on_plateau" in _kinds(config.hyperparams[name])]
+    if stateful:
+        return (f"hyperparams.{stateful[0]}: a reduce_on_plateau schedule cannot be cooled down "
+                f"(its value follows the metrics, not the step); expected a schedule of steps "
+                f"with fidelity.kind cooldown, or leave it out of fidelity.schedules")
     steps = rungs(config)
     key = "fidelity.rungs" if fidelity.rungs is not None else "pruner.min_resource"
     for rung in steps:
@@ -83,6 +90,13 @@ def config_problem(config: "SweepConfig") -> Optional[str]:
         return (f"pruner.min_resource: expected fewer than budget.steps ({budget.steps}) "
                 f"steps, got {pruner.min_resource} (no rung to score trials at)")
     return None
+
+
+def _kinds(value: Any) -> set[str]:
+    """Every schedule kind a hyperparam's value (its choices included) may take."""
+    if isinstance(value, dict) and "choice" in value:
+        return set().union(*(_kinds(option) for option in value["choice"]))
+    return {value.get("kind")} if isinstance(value, dict) else set()
 
 
 def _cooldown_of(spec: Any, rung: int, fraction: float, decay_type: str) -> tuple[int, dict]:
@@ -146,6 +160,18 @@ class CooldownFidelity(OptunaStrategy):
         if any(name not in specs for name in self.config.fidelity.schedules):
             return []  # a trial rejected before it had schedules
         return sorted({branch(self.config, specs, rung)[0] for rung in self.rungs})
+
+    def report_problem(self, number: int, step: int, metrics: dict[str, float]) -> Optional[str]:
+        if step not in self.rungs or self.metric in metrics:
+            return None
+        storage = self.study._storage
+        frozen = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(
+            self.study._study_id, number))
+        if (frozen.user_attrs.get("parent") or {}).get("rung") is None:  # a trunk, not a branch
+            return (f"fidelity.kind cooldown: trial {number} reported no {self.metric!r} at rung "
+                    f"{step} (it reported {', '.join(sorted(metrics)) or 'nothing'}); a trial is "
+                    f"scored at every rung: report the objective there")
+        return None
 
     def next(self, sweep: SweepView) -> Next:
         trials = sweep.trials

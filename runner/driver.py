@@ -286,7 +286,7 @@ class Sweep:
                     self._strategy_failed(f"it paused trial {life.number} at step {action.step}, "
                                           f"but the trainable {self.config.trainable} declares "
                                           f"no state (ctx.track / ctx.track_pytree) to go on "
-                                          f"from; declare it to use this strategy")
+                                          f"from; declare it to use it")
                     decision = "continue"
                 # a pause is answered to the waiting report: it checkpoints at exactly this step
                 handle.worker.actor.decide.remote(life.number, decision)
@@ -420,6 +420,16 @@ class Sweep:
                 self.stop()
                 return
 
+    def _check_report_usable(self, number: int, step: int, metrics: dict) -> None:
+        """A report the strategy cannot use (the objective missing where it scores): the sweep
+        stops at once, resumable, rather than going on with trials it cannot rank."""
+        problem = None if self.abort_reason else \
+            self._ask_strategy("report_problem", number, step, metrics, default=None, save=False)
+        if problem:
+            self.abort_reason = f"{self.source}: {problem}"
+            self.on_event("notice", {"message": self.abort_reason})
+            self.stop()
+
     # --- the strategy ------------------------------------------------------------------------
 
     def _open_strategy(self) -> Strategy:
@@ -472,7 +482,9 @@ class Sweep:
         self.strategy_failed = True  # never asked again in this run
         if self.abort_reason:
             return
-        self.abort_reason = f"search.strategy {self.config.search.strategy}: {problem}"
+        who = "fidelity.kind cooldown" if self.config.fidelity.kind == "cooldown" else \
+            f"search.strategy {self.config.search.strategy}"  # what the user chose
+        self.abort_reason = f"{who}: {problem}"
         if details:
             self.root.write_text("strategy_error.txt", details)
             self.abort_reason += f" (details in {os.path.join(self.run_dir, 'strategy_error.txt')})"
@@ -794,7 +806,8 @@ class Sweep:
         trial.set_user_attr("params", params)
         trial.set_user_attr("schedule_specs", specs)
         trial.set_user_attr("parent", lineage)
-        self.trials[trial.number] = lc.Lifecycle(trial.number, self.rules)
+        # its first checkpoint is the copy of its parent's: a lost worker resumes from there
+        self.trials[trial.number] = lc.Lifecycle(trial.number, self.rules, checkpoint_step=step)
         self.handles[trial.number] = Handle(trial, self._task(trial, params, specs, lineage),
                                             time.time(), lineage=lineage)
         self._write_live()
@@ -1010,6 +1023,7 @@ class Sweep:
                 handle.stateless = bool(raw.get("stateless"))
             elif raw["type"] == "report":
                 self._check_objective_named(number, raw["metrics"])
+                self._check_report_usable(number, raw["step"], raw["metrics"])
             self._apply(life, _event(raw))
 
     def summary(self) -> SweepSummary:

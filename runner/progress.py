@@ -95,6 +95,7 @@ class Progress:
             self._finished(number, info)
         if line and (self.live is None or kind in _ALWAYS):
             self.console.print(line.format(**info), highlight=False, markup=False, soft_wrap=True)
+            self.console.file.flush()  # a log file sees each line at once (and after a kill -9)
         if self.live is not None:
             self.live.update(self._table())
 
@@ -109,6 +110,7 @@ class Progress:
                         f"trial {parent}: its branch to rung {rung}, trial {number}, ended "
                         f"{state} ({info['error']}): trial {parent} is pruned there")
                 self.console.print(line, highlight=False, markup=False, soft_wrap=True)
+                self.console.file.flush()
             return
         self.counts[state] = self.counts.get(state, 0) + 1
         if state == "COMPLETE" and value is not None:
@@ -118,6 +120,7 @@ class Progress:
             shown = f" {self.objective}={value:.6g}" if value is not None else ""
             self.console.print(f"trial {number} {state}{shown} {info['error']}".rstrip(),
                                highlight=False, markup=False, soft_wrap=True)
+            self.console.file.flush()
 
     def _eta(self) -> str:
         done = sum(self.counts[s] for s in ("COMPLETE", "PRUNED", "FAIL"))

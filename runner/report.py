@@ -32,8 +32,8 @@ def print_summary(console: Console, run_dir: str, top: int = 10) -> None:
     counts: dict[str, int] = {}
     for row in trials:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
-    console.print(f"{run_dir}: {len(trials)} finished trials "
-                  + " ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) + branches,
+    console.print(" ".join([f"{run_dir}: {len(trials)} finished trials",
+                            *(f"{k.lower()} {v}" for k, v in sorted(counts.items()))]) + branches,
                   highlight=False)
     done = sorted((r for r in trials if r["state"] == "COMPLETE"), key=lambda r: r["value"])
     direction = _direction(run_dir)

@@ -162,6 +162,10 @@ class Strategy:
         """Steps a trial with ``specs`` checkpoints at and keeps: where this strategy forks."""
         return []
 
+    def report_problem(self, number: int, step: int, metrics: dict[str, float]) -> Optional[str]:
+        """Why this strategy cannot use a trial's report (the sweep stops, resumable), or None."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """Plain JSON data that ``load_state_dict`` continues from (saved in the study)."""
         return {}

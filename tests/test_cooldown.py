@@ -81,7 +81,13 @@ def test_any_other_schedule_becomes_a_trunk_that_ends_in_the_fidelitys_cooldown(
     ({"pruner": {"kind": "hyperband"}}, "pruner.kind: hyperband is not supported with "
                                         "fidelity.kind cooldown"),
     ({"pruner": {"kind": "asha"}}, "pruner.min_resource: expected a number of steps with "
-                                   "fidelity.kind cooldown (the first rung), got 'auto'"),
+                                   "fidelity.kind cooldown (the first rung; Optuna's 'auto', the "
+                                   "default, would pick it from the first trial's reports)"),
+    ({"hyperparams": {"learning_rate": {"choice": [WSD, {"kind": "reduce_on_plateau",
+                                                         "init_value": 0.01}]}}},
+     "hyperparams.learning_rate: a reduce_on_plateau schedule cannot be cooled down"),
+    ({"fidelity": {"kind": "cooldown", "fracton": 0.3}},
+     "fidelity.fracton: unknown key (did you mean 'fraction'?)"),
     ({"pruner": {"kind": "asha", "min_resource": 15}},
      "pruner.min_resource: rung 15: expected a multiple of budget.report_every (10)"),
     ({"pruner": {"kind": "median"}}, "fidelity.rungs: expected the steps to score trials at "
@@ -186,7 +192,7 @@ class _Killer:
     past its first rung between checkpoints: each mid-run, neither at a checkpoint."""
 
     def __init__(self):
-        self.pids, self.branches, self.killed = {}, set(), []
+        self.pids, self.branches, self.killed, self.requeued = {}, set(), [], {}
 
     def __call__(self, kind, info):
         number = info.get("number")
@@ -194,6 +200,8 @@ class _Killer:
             self.pids[number] = info["pid"]
         elif kind == "forked":
             self.branches.add(number)
+        elif kind == "requeued":
+            self.requeued[number] = info["from_step"]
         elif kind == "report" and number in self.pids:
             branch = number in self.branches
             due = (branch and not any(b for b, _ in self.killed)) or \
@@ -212,6 +220,8 @@ def test_kill_9_of_a_trunk_and_of_a_branch_worker_changes_no_result(tmp_path):
     assert [branch for branch, _ in killer.killed] == [True, False], killer.killed
     for _, number in killer.killed:  # each worker died mid-run, and the run went on
         assert trials[number]["lost"] == 1 and trials[number]["state"] in ("COMPLETE", "PRUNED")
+    branch = killer.killed[0][1]  # said to resume from its first checkpoint, its branch point
+    assert killer.requeued[branch] == trials[branch]["parent_step"] > 0
 
 
 @pytest.mark.timeout(300)
@@ -236,3 +246,18 @@ def test_a_driver_killed_mid_fidelity_resumes_with_every_score_a_branchs(tmp_pat
     _, branches = _check(run_dir, tmp_path, data)
     scored = [(r["trial"], r["rung"]) for r in branches]
     assert len(scored) == len(set(scored))  # each rung scored once: no branch forked twice
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_trunk_that_does_not_report_the_objective_at_a_rung_stops_the_sweep(tmp_path):
+    """Before: such trunks were never scored nor paused, and got branches or not by timing."""
+    data = _data(tmp_path / "run", trainable="tests.trainables:objective_at_the_end",
+                 objective={"metric": "loss"}, pruner={"kind": "none"},
+                 budget={"steps": 40, "report_every": 10, "checkpoint_every": 40},
+                 fidelity={"kind": "cooldown", "rungs": [20]}, max_concurrent=1,
+                 hyperparams={"learning_rate": {**WSD, "stable_steps": 27, "decay_steps": 8}})
+    sweep = Sweep(parse_config(data, "cool.yaml"))
+    sweep.run()
+    assert sweep.abort_reason == (
+        "<config>: fidelity.kind cooldown: trial 0 reported no 'loss' at rung 20 (it reported "
+        "seen); a trial is scored at every rung: report the objective there")

@@ -254,7 +254,7 @@ def test_a_trainable_that_declares_no_state_is_refused_and_once_fixed_resumes_th
     sweep.run()
     assert re.fullmatch(r"search.strategy pbt: it paused trial \d at step 20, but the trainable "
                         r"tests.trainables:stateless_until_fixed declares no state \(ctx.track / "
-                        r"ctx.track_pytree\) to go on from; declare it to use this strategy",
+                        r"ctx.track_pytree\) to go on from; declare it to use it",
                         sweep.abort_reason)
     fixed.touch()  # the user declares the state, then resumes once
     monkeypatch.chdir(tmp_path)

@@ -148,3 +148,15 @@ def two_metrics(ctx: TrialContext) -> None:
     for step in ctx.steps():
         if ctx.report_due(step):
             ctx.report(step + 1, loss=1.0 / (1.0 + 100 * lr), cost=lr)
+
+
+def objective_at_the_end(ctx: TrialContext) -> None:
+    """Reports ``loss`` only at the last step (``seen`` at every report): a trainable that
+    cannot be scored at a rung."""
+    ctx.track(tally=Tally())
+    for step in ctx.steps():
+        if ctx.report_due(step):
+            metrics = {"seen": float(step)}
+            if step + 1 == ctx.steps_total:
+                metrics["loss"] = 1.0 / (step + 1)
+            ctx.report(step + 1, **metrics)
