@@ -17,6 +17,7 @@ that the sampler and pruner never see: a branch measures its trunk, it is not a 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Optional
 
 import schedules
@@ -28,13 +29,14 @@ if TYPE_CHECKING:
 
     from runner.config import SweepConfig
 
-HALVING = ("asha", "successive_halving")
+HALVING = ("asha", "successive_halving", "hyperband")
 ENDED = ("complete", "pruned", "failed")
 
 
 def rungs(config: "SweepConfig") -> list[int]:
-    """The steps below the full budget where a trial is scored: ``fidelity.rungs``, else the
-    successive-halving pruner's (min_resource * reduction_factor ** k)."""
+    """The steps below the full budget where a trial may be scored: ``fidelity.rungs``, else the
+    successive-halving pruner's (min_resource * reduction_factor ** k; hyperband's brackets
+    each take those from min_resource * reduction_factor ** bracket on)."""
     if config.fidelity.rungs is not None:
         return list(config.fidelity.rungs)
     pruner, out = config.pruner, []
@@ -54,9 +56,6 @@ def config_problem(config: "SweepConfig") -> Optional[str]:
                 f"{config.search.strategy!r}")
     if config.objectives_count > 1:
         return "fidelity.kind: cooldown expects one objective (a branch scores its trunk by it)"
-    if pruner.kind == "hyperband":
-        return ("pruner.kind: hyperband is not supported with fidelity.kind cooldown (use asha "
-                "or successive_halving, or give fidelity.rungs with median or percentile)")
     if pruner.kind in HALVING and fidelity.rungs is not None:
         return (f"fidelity.rungs: expected none with pruner {pruner.kind} (its rungs are "
                 f"min_resource * reduction_factor ** k)")
@@ -130,6 +129,16 @@ def trunk_specs(config: "SweepConfig", specs: dict) -> dict:
     return out
 
 
+def _bracket(study: "optuna.Study", number: int) -> int:
+    """The hyperband bracket Optuna's HyperbandPruner puts trial ``number`` in (its own
+    assignment, a hash of the study name and the number, so the rungs a trunk is scored at are
+    those the pruner will judge it by)."""
+    pruner = study.pruner
+    if not pruner._pruners:  # private, as is the assignment: used, not copied (prune() too
+        pruner._try_initialization(study)  # initializes once, on its first call)
+    return pruner._get_bracket_id(study, SimpleNamespace(number=number))
+
+
 def rung_of(trial: TrialView) -> Optional[int]:
     """The rung a branch scores its trunk at; None for a trunk."""
     return (trial.parent or {}).get("rung")
@@ -149,20 +158,28 @@ class CooldownFidelity(OptunaStrategy):
     def __init__(self, config: "SweepConfig", study: "optuna.Study") -> None:
         super().__init__(config, study)
         self.decides_at_reports = True
-        self.rungs = rungs(config)
+        self._rungs = rungs(config)
         self.metric = config.objectives[0].metric
         self._branches: dict[tuple[int, int], tuple[int, dict]] = {}  # (trunk, rung) -> plan
 
     def plan_schedules(self, specs: dict) -> dict:
         return trunk_specs(self.config, specs)
 
-    def checkpoint_steps(self, specs: dict) -> list[int]:
+    def rungs_of(self, number: int) -> list[int]:
+        """The rungs trunk ``number`` is scored at: all of them, or its hyperband bracket's."""
+        if self.config.pruner.kind != "hyperband":
+            return self._rungs
+        pruner = self.config.pruner
+        first = pruner.min_resource * pruner.reduction_factor ** _bracket(self.study, number)
+        return [rung for rung in self._rungs if rung >= first]
+
+    def checkpoint_steps(self, number: int, specs: dict) -> list[int]:
         if any(name not in specs for name in self.config.fidelity.schedules):
             return []  # a trial rejected before it had schedules
-        return sorted({branch(self.config, specs, rung)[0] for rung in self.rungs})
+        return sorted({branch(self.config, specs, rung)[0] for rung in self.rungs_of(number)})
 
     def report_problem(self, number: int, step: int, metrics: dict[str, float]) -> Optional[str]:
-        if step not in self.rungs or self.metric in metrics:
+        if step not in self.rungs_of(number) or self.metric in metrics:
             return None
         storage = self.study._storage
         frozen = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(
@@ -180,7 +197,7 @@ class CooldownFidelity(OptunaStrategy):
         for trunk in sorted(trials.values(), key=lambda t: t.number):
             if rung_of(trunk) is not None or trunk.state in ENDED:
                 continue
-            for rung in self.rungs:
+            for rung in self.rungs_of(trunk.number):
                 scored = branches.get((trunk.number, rung))
                 if scored is None:
                     key = (trunk.number, rung)  # next() is asked at every event: plan once
@@ -203,7 +220,7 @@ class CooldownFidelity(OptunaStrategy):
         """At a rung: the pruner's verdict on its branch's score, or a pause until the branch
         has run (next() then resumes or prunes the trunk). A rung passed unscored (a trunk the
         user resumed past it) is scored at the first report after its branch has finished."""
-        due = [rung for rung in self.rungs if rung <= step]
+        due = [rung for rung in self.rungs_of(trial.number) if rung <= step]
         if rung_of(trial) is not None or not due:
             return "continue"
         trials = self.study.get_trials(deepcopy=False)

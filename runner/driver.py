@@ -157,7 +157,7 @@ class Sweep:
             objective_metrics=self.objectives, wait_for_pruning=self.rules.decides,
             metadata={"sweep": self.config.name, **({"parent": lineage} if lineage else {})},
             store_options=self.config.store_options(),
-            keep_steps=self.strategy.checkpoint_steps(specs))
+            keep_steps=self.strategy.checkpoint_steps(trial.number, specs))
 
     def _start_new(self, new: NewTrial) -> None:
         """Ask the study for a trial and queue it; a point whose schedule is invalid fails alone."""

@@ -158,8 +158,9 @@ class Strategy:
         """The schedules a new trial follows, given those its sampled point makes."""
         return specs
 
-    def checkpoint_steps(self, specs: dict) -> list[int]:
-        """Steps a trial with ``specs`` checkpoints at and keeps: where this strategy forks."""
+    def checkpoint_steps(self, number: int, specs: dict) -> list[int]:
+        """Steps trial ``number`` with ``specs`` checkpoints at and keeps: where this strategy
+        forks."""
         return []
 
     def report_problem(self, number: int, step: int, metrics: dict[str, float]) -> Optional[str]:

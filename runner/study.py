@@ -111,21 +111,35 @@ PRUNERS: dict[str, Callable[[SweepConfig], optuna.pruners.BasePruner]] = {
 BRANCH = "branch"  # the system attr of a cooldown branch (a fork that scores its parent)
 
 
-class _Trunks(optuna.Study):
-    """A study seen without its cooldown branches (built by ``without_branches``)."""
+def _trunks_of(kind: type) -> type:
+    """A subclass of a study's own class (a Study, or the bracket view HyperbandPruner gives a
+    sampler) whose trial lists leave cooldown branches out."""
 
-    def _get_trials(self, deepcopy: bool = True, states: Any = None,
-                    use_cache: bool = False) -> list[optuna.trial.FrozenTrial]:
-        return [t for t in super()._get_trials(deepcopy, states, use_cache)
-                if BRANCH not in t.system_attrs]
+    class Trunks(kind):
+        def _get_trials(self, deepcopy: bool = True, states: Any = None,
+                        use_cache: bool = False) -> list[optuna.trial.FrozenTrial]:
+            return [t for t in super()._get_trials(deepcopy, states, use_cache)
+                    if BRANCH not in t.system_attrs]
+
+        def get_trials(self, deepcopy: bool = True,
+                       states: Any = None) -> list[optuna.trial.FrozenTrial]:
+            return [t for t in super().get_trials(deepcopy, states)
+                    if BRANCH not in t.system_attrs]
+
+    return Trunks
+
+
+_TRUNKS = _trunks_of(optuna.Study)
 
 
 def without_branches(study: optuna.Study) -> optuna.Study:
     """The same study (storage, sampler, pruner) whose trials leave cooldown branches out: a
     branch is a measurement of its trunk, not a point of the space, so samplers and pruners
     must not count it (TPE would rank it, without params, among the best)."""
-    view = _Trunks.__new__(_Trunks)
-    view.__dict__ = study.__dict__  # one state: only the trials it lists differ
+    kind = _TRUNKS if type(study) is optuna.Study else _trunks_of(type(study))
+    view = object.__new__(kind)
+    # one state: only the trials it lists differ (a bracket view forbids reading __dict__)
+    object.__setattr__(view, "__dict__", object.__getattribute__(study, "__dict__"))
     return view
 
 

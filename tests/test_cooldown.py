@@ -60,7 +60,26 @@ def test_a_wsd_branch_keeps_its_own_cooldown_scaled_to_the_rung_and_agrees_with_
     assert specs["weight_decay"] == 1e-3  # only fidelity.schedules cool down
     assert schedules.first_difference(trunk["learning_rate"], specs["learning_rate"], at) is None
     assert schedules.from_spec(specs["learning_rate"])(60) == 0.0
-    assert cooldown.CooldownFidelity(config, None).checkpoint_steps(trunk) == [16, 48]
+    assert cooldown.CooldownFidelity(config, None).checkpoint_steps(0, trunk) == [16, 48]
+
+
+def test_hyperband_scores_each_trunk_at_its_own_brackets_rungs():
+    """Optuna's HyperbandPruner puts a trial in a bracket by its number; bracket b judges it
+    from min_resource * reduction_factor ** b on, so its branches start there too."""
+    from runner.study import pruner
+
+    config = parse_config(_data("r", pruner={"kind": "hyperband", "min_resource": 20,
+                                             "reduction_factor": 3}))
+    study = optuna.create_study(study_name=config.name, pruner=pruner(config))
+    strategy = cooldown.CooldownFidelity(config, study)
+    trunk = {"learning_rate": {**WSD, "peak_value": 0.01}, "weight_decay": 1e-3}
+    seen = {}
+    for number in range(12):
+        bracket = cooldown._bracket(study, number)
+        seen.setdefault(bracket, []).append(number)
+        assert strategy.rungs_of(number) == {0: [20, 60], 1: [60]}[bracket]
+        assert strategy.checkpoint_steps(number, trunk) == {0: [16, 48], 1: [48]}[bracket]
+    assert set(seen) == {0, 1}  # both brackets among the first trials
 
 
 def test_any_other_schedule_becomes_a_trunk_that_ends_in_the_fidelitys_cooldown():
@@ -78,7 +97,7 @@ def test_any_other_schedule_becomes_a_trunk_that_ends_in_the_fidelitys_cooldown(
 @pytest.mark.parametrize("change, message", [
     ({"search": {"strategy": "pbt", "population": 4, "interval_steps": 30}},
      "fidelity.kind: cooldown works with search.strategy optuna, got 'pbt'"),
-    ({"pruner": {"kind": "hyperband"}}, "pruner.kind: hyperband is not supported with "
+    ({"pruner": {"kind": "hyperband"}}, "pruner.min_resource: expected a number of steps with "
                                         "fidelity.kind cooldown"),
     ({"pruner": {"kind": "asha"}}, "pruner.min_resource: expected a number of steps with "
                                    "fidelity.kind cooldown (the first rung; Optuna's 'auto', the "
@@ -185,6 +204,38 @@ def test_a_cooldown_sweep_scores_rungs_by_branches_that_equal_runs_planned_for_t
     # the branch checkpoints its trunk forked from are kept whatever keep_last says
     kept = os.listdir(run_dir / "checkpoints" / f"trial-{best['number']:05d}")
     assert {"ckpt-000000016.arrow", "ckpt-000000048.arrow"} <= set(kept)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_hyperband_prunes_on_branches_at_each_trunks_bracket_rungs(tmp_path):
+    from runner.study import pruner
+
+    run_dir = tmp_path / "run"
+    data = _data(run_dir, search={"sampler": "tpe", "seed": 0, "n_trials": 5},
+                 pruner={"kind": "hyperband", "min_resource": 20, "reduction_factor": 3})
+    config = parse_config(data, "cool.yaml")
+    Sweep(config).run()
+    records = RunRecords(str(run_dir))
+    trials = {r["number"]: r for r in records.read("trials").to_pylist()}
+    branches = records.read("branches").to_pylist()
+    study = _study(run_dir, config)
+    strategy = cooldown.CooldownFidelity(config, optuna.load_study(
+        study_name=config.name, storage=storage(config), pruner=pruner(config)))
+    by_trial = {t.number: t for t in study.trials}
+    trunks = [n for n, r in trials.items() if r["rung"] is None]
+    assert len(trunks) == 5
+    for number in trunks:
+        own = strategy.rungs_of(number)
+        scored = sorted(r["rung"] for r in branches if r["trial"] == number)
+        assert scored == own[:len(scored)] and sorted(by_trial[number].intermediate_values) == \
+            scored  # scored at its bracket's rungs, in order, and by branches alone
+        if trials[number]["state"] == "COMPLETE":
+            assert scored == own
+        else:  # pruned at its last scored rung, by its branch's score
+            assert trials[number]["state"] == "PRUNED" and scored
+    done = [n for n in trunks if trials[n]["state"] == "COMPLETE"]
+    assert done
+    assert _replayed(config, run_dir, done[0], trials, tmp_path) == trials[done[0]]["value"]
 
 
 class _Killer:
