@@ -14,8 +14,8 @@ benchmark's model) for T steps, 2 trials at a time, 1 CPU each:
   OptunaSearch (TPE) on the WSD trainable ``pbt_trainables.tune_train``.
 
 The figure: the training steps done (all trials, branches included, counted at each report in
-wall-clock order) until the first trial that completes the full budget within 1% of the best
-final val_loss any method found in this run; median over seeds. Nothing is asserted. Prints a
+wall-clock order) until the first trial that completes the full budget within 1% (also 2%, 3%)
+of the best final val_loss any method found in this run; median over seeds. Nothing is asserted. Prints a
 table and writes ``bench-out/search.json``.
 
 Scaling: ``BENCH_SEARCH_SEEDS`` (3), ``BENCH_SEARCH_STEPS`` (T=300), ``BENCH_SEARCH_TRIALS`` (24),
@@ -44,6 +44,7 @@ PARAMS = {"n_layer": 2, "d_model": 32, "n_head": 4, "context": 32, "batch_size":
 LABELS = {"cooldown_asha": "cooldown + asha", "wsd_asha": "wsd + asha",
           "cosine_asha": "cosine + asha", "cosine_median": "cosine + median",
           "random_full": "random, full budget", "tune_asha": "tune asha + optuna"}
+TOLERANCES = [0.01, 0.02, 0.03]
 METHODS = [m for m in os.environ.get("BENCH_SEARCH_ONLY", ",".join(LABELS)).split(",") if m]
 
 
@@ -152,26 +153,30 @@ def test_search_efficiency():
             walls[method] = time.perf_counter() - started
     finals = [v for m in runs.values() for ev in m.values() for _, _, final, v in ev if final]
     best = min(finals)
-    target = 1.01 * best
     rows = {}
     for method, by_seed in runs.items():
-        steps = {seed: _steps_to(ev, target) for seed, ev in by_seed.items()}
-        found = [s for s in steps.values() if s is not None]
-        rows[method] = {"label": LABELS[method], "steps_to_target": steps,
-                        "median": statistics.median(found) if len(found) == len(steps) else None,
-                        "found_in": f"{len(found)}/{len(steps)} seeds",
+        rows[method] = {"label": LABELS[method], "to_target": {},
                         "steps_total": {s: sum(e[1] for e in ev) for s, ev in by_seed.items()},
                         "best_final": {s: min((e[3] for e in ev if e[2]), default=None)
                                        for s, ev in by_seed.items()},
                         "wall_s": walls[method]}
+        for tolerance in TOLERANCES:  # one exceptional trial sets the 1% target: show others
+            steps = {seed: _steps_to(ev, (1 + tolerance) * best) for seed, ev in by_seed.items()}
+            found = [s for s in steps.values() if s is not None]
+            rows[method]["to_target"][str(tolerance)] = {
+                "per_seed": steps, "found_in": len(found),
+                "median": statistics.median(found) if len(found) == len(steps) else None}
     OUT.mkdir(exist_ok=True)
     (OUT / "search.json").write_text(json.dumps({
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
         "steps": STEPS, "trials": TRIALS, "seeds": SEEDS, "best_final": best,
-        "target": target, "methods": rows}, indent=1))
-    print(f"\nsteps until a trial within 1% of the best final val_loss ({best:.4f}); "
+        "tolerances": TOLERANCES, "methods": rows}, indent=1))
+    print(f"\nsteps until a trial within 1/2/3% of the best final val_loss ({best:.4f}); "
           f"T={STEPS}, {TRIALS} trials, seeds {SEEDS}")
     for row in rows.values():
-        median = "not in every seed" if row["median"] is None else f"{row['median']:.0f}"
-        print(f"{row['label']:>22}: median {median:>18}  per seed {row['steps_to_target']}  "
-              f"found in {row['found_in']}  wall {row['wall_s']:.0f} s")
+        cells = []
+        for tolerance, got in row["to_target"].items():
+            median = "-" if got["median"] is None else f"{got['median']:.0f}"
+            cells.append(f"{float(tolerance):.0%}: median {median} ({got['found_in']}/"
+                         f"{len(SEEDS)}) {list(got['per_seed'].values())}")
+        print(f"{row['label']:>22}: " + "; ".join(cells) + f"; wall {row['wall_s']:.0f} s")
