@@ -136,8 +136,8 @@ class Pruner(_Strict):
     n_warmup_steps: int = Field(default=0, ge=0)
     interval_steps: int = Field(default=1, ge=1)
     percentile: float = Field(default=25.0, gt=0, lt=100)
-    min_resource: Union[int, Literal["auto"]] = "auto"
-    max_resource: Union[int, Literal["auto"]] = "auto"
+    min_resource: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = "auto"
+    max_resource: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = "auto"
     reduction_factor: int = Field(default=3, ge=2)
 
 
@@ -304,7 +304,7 @@ class SweepConfig(_Strict):
 
 def _format(error: dict[str, Any], errors: list = ()) -> str:
     loc = ".".join(str(p) for p in error["loc"]  # drop pydantic's union-member labels
-                   if not re.match(r"^(function-|list\[|literal\[|[A-Z]\w*$)", str(p)))
+                   if not re.match(r"^(function-|constrained-|list\[|literal\[|[A-Z]\w*$)", str(p)))
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         return f"{loc}: missing required key"

@@ -56,6 +56,8 @@ BAD = [
     ("steps as string", _with("budget.steps", "20"), "budget.steps: Input should be a valid integer"),
     ("unknown sampler", _with("search.sampler", "bayes"), "search.sampler:"),
     ("unknown pruner", {**GOOD, "pruner": {"kind": "early"}}, "pruner.kind:"),
+    ("zero min_resource", {**GOOD, "pruner": {"kind": "asha", "min_resource": 0}},
+     "pruner.min_resource: Input should be greater than or equal to 1 (got 0)"),
     ("inverted bounds", _with("params.width", {"uniform": [2, 1]}), "params.width.uniform: expected low < high"),
     ("loguniform at zero", _with("params.width", {"loguniform": [0, 1]}), "params.width.loguniform: expected low > 0"),
     ("int bounds not ints", _with("params.width", {"int": [1.5, 3]}), "params.width.int: expected a list of two integers"),

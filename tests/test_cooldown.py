@@ -107,6 +107,11 @@ def test_any_other_schedule_becomes_a_trunk_that_ends_in_the_fidelitys_cooldown(
      "hyperparams.learning_rate: a reduce_on_plateau schedule cannot be cooled down"),
     ({"fidelity": {"kind": "cooldown", "fracton": 0.3}},
      "fidelity.fracton: unknown key (did you mean 'fraction'?)"),
+    # before: rungs 0, 0, ... (or -5, -15, ...) never reached the budget, and loading hung
+    ({"pruner": {"kind": "asha", "min_resource": 0}},
+     "pruner.min_resource: Input should be greater than or equal to 1 (got 0)"),
+    ({"pruner": {"kind": "hyperband", "min_resource": -5}},
+     "pruner.min_resource: Input should be greater than or equal to 1 (got -5)"),
     ({"pruner": {"kind": "asha", "min_resource": 15}},
      "pruner.min_resource: rung 15: expected a multiple of budget.report_every (10)"),
     ({"pruner": {"kind": "median"}}, "fidelity.rungs: expected the steps to score trials at "
