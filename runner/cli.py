@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import warnings
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from rich.console import Console
 
@@ -244,8 +244,9 @@ def _dry_run(config: SweepConfig, console: Console) -> int:
         for key, value in getattr(config, section).items():
             say(f"  {section}.{key}: {json.dumps(value)}")
     study = optuna.create_study(sampler=sampler(config), pruner=pruner(config),
-                                directions=[o.direction for o in config.objectives])
-    shown = 0
+                                directions=[o.direction for o in config.objectives],
+                                study_name=config.name)  # hyperband's brackets hash the name
+    shown, wanted = 0, min(3, config.search.n_trials or 3)
     for number in range(10):  # the first 3 valid trials, naming the invalid ones skipped
         reseed(study.sampler, config.search.seed, number)  # as the sweep will: the same points
         trial = study.ask()
@@ -262,8 +263,10 @@ def _dry_run(config: SweepConfig, console: Console) -> int:
         say(f"trial {trial.number}: params {json.dumps(params)}")
         for name, spec in specs.items():
             say(f"  {name}: {json.dumps(spec)}")
+        if config.fidelity.kind == "cooldown":
+            say(f"  {_branches_line(config, study, trial.number, specs)}")
         shown += 1
-        if shown == 3:
+        if shown == wanted:
             break
     count = 200
     invalid, reason = invalid_points(config.hyperparams, config.params, seed=config.search.seed,
@@ -278,6 +281,17 @@ def _dry_run(config: SweepConfig, console: Console) -> int:
     print(f"sweep: every sampled point gives an invalid schedule, so the sweep would fail every "
           f"trial (e.g. {reason})", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _branches_line(config: SweepConfig, study: Any, number: int, specs: dict) -> str:
+    """Where a trunk is scored and where each of its cooldown branches starts."""
+    from runner.cooldown import CooldownFidelity, branch
+
+    rungs = CooldownFidelity(config, study).rungs_of(number)
+    if not rungs:
+        return "cooldown branches: none (its hyperband bracket runs to the full budget)"
+    return "cooldown branches: " + ", ".join(
+        f"rung {rung} from step {branch(config, specs, rung)[0]}" for rung in rungs)
 
 
 def _search_line(config: SweepConfig) -> str:
@@ -451,9 +465,10 @@ def _replay(args: argparse.Namespace, console: Console) -> int:
                   if isinstance(s, dict) and s.get("kind") == "join" and s.get("absolute")),
                  default=0)
     inherited = f", {joined} in its weights lineage" if joined > count else ""
-    console.print(f"{args.out}: trial {args.trial} from scratch with its effective schedules "
-                  f"({count} exploit{'' if count == 1 else 's'} of its own{inherited}), run dir "
-                  f"{data['storage']}"
+    said = f" ({count} exploit{'' if count == 1 else 's'} of its own{inherited})" \
+        if config.search.strategy == "pbt" else ""
+    console.print(f"{args.out}: trial {args.trial} from scratch with its effective schedules"
+                  f"{said}, run dir {data['storage']}"
                   f"{'' if args.run else f'; run it with: sweep run {args.out}'}",
                   highlight=False, markup=False)
     if not args.run:

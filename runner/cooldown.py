@@ -59,6 +59,9 @@ def config_problem(config: "SweepConfig") -> Optional[str]:
     if pruner.kind in HALVING and fidelity.rungs is not None:
         return (f"fidelity.rungs: expected none with pruner {pruner.kind} (its rungs are "
                 f"min_resource * reduction_factor ** k)")
+    if pruner.kind in ("asha", "successive_halving") and pruner.max_resource != "auto":
+        return (f"pruner.max_resource: not used by {pruner.kind} (its rungs are min_resource * "
+                f"reduction_factor ** k below budget.steps); leave it out")
     if pruner.kind in HALVING and not isinstance(pruner.min_resource, int):
         return ("pruner.min_resource: expected a number of steps with fidelity.kind cooldown "
                 "(the first rung; Optuna's 'auto', the default, would pick it from the first "
@@ -104,7 +107,8 @@ def _cooldown_of(spec: Any, rung: int, fraction: float, decay_type: str) -> tupl
     if data["kind"] == "wsd":  # its own cooldown, scaled to the rung
         length = data["warmup_steps"] + data["stable_steps"] + data["decay_steps"]
         fraction, decay_type = data["decay_steps"] / length, data["decay_type"]
-    start = rung - max(1, round(fraction * rung))
+    # at least step 1: a trunk has no checkpoint before it trained (a cooldown share near 1)
+    start = max(1, rung - max(1, round(fraction * rung)))
     return start, schedules.cooldown(data, start, rung, decay_type)
 
 
@@ -184,7 +188,7 @@ class CooldownFidelity(OptunaStrategy):
         storage = self.study._storage
         frozen = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(
             self.study._study_id, number))
-        if (frozen.user_attrs.get("parent") or {}).get("rung") is None:  # a trunk, not a branch
+        if not frozen.user_attrs.get("parent"):  # a trunk, not a branch or a user's fork
             return (f"fidelity.kind cooldown: trial {number} reported no {self.metric!r} at rung "
                     f"{step} (it reported {', '.join(sorted(metrics)) or 'nothing'}); a trial is "
                     f"scored at every rung: report the objective there")
@@ -195,8 +199,8 @@ class CooldownFidelity(OptunaStrategy):
         branches = {(t.parent["trial"], rung_of(t)): t for t in trials.values()
                     if rung_of(t) is not None}
         for trunk in sorted(trials.values(), key=lambda t: t.number):
-            if rung_of(trunk) is not None or trunk.state in ENDED:
-                continue
+            if trunk.parent is not None or trunk.state in ENDED:
+                continue  # a branch, or a fork the user made: it runs to its own end
             for rung in self.rungs_of(trunk.number):
                 scored = branches.get((trunk.number, rung))
                 if scored is None:
@@ -221,7 +225,7 @@ class CooldownFidelity(OptunaStrategy):
         has run (next() then resumes or prunes the trunk). A rung passed unscored (a trunk the
         user resumed past it) is scored at the first report after its branch has finished."""
         due = [rung for rung in self.rungs_of(trial.number) if rung <= step]
-        if rung_of(trial) is not None or not due:
+        if trial.parent is not None or not due:  # a branch, or a user's fork: never scored
             return "continue"
         trials = self.study.get_trials(deepcopy=False)
         scored = set(next(t for t in trials if t.number == trial.number).intermediate_values)

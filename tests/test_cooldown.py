@@ -112,6 +112,8 @@ def test_any_other_schedule_becomes_a_trunk_that_ends_in_the_fidelitys_cooldown(
      "pruner.min_resource: Input should be greater than or equal to 1 (got 0)"),
     ({"pruner": {"kind": "hyperband", "min_resource": -5}},
      "pruner.min_resource: Input should be greater than or equal to 1 (got -5)"),
+    ({"pruner": {"kind": "asha", "min_resource": 20, "max_resource": 60}},
+     "pruner.max_resource: not used by asha"),
     ({"pruner": {"kind": "asha", "min_resource": 15}},
      "pruner.min_resource: rung 15: expected a multiple of budget.report_every (10)"),
     ({"pruner": {"kind": "median"}}, "fidelity.rungs: expected the steps to score trials at "
@@ -136,6 +138,24 @@ def test_cooldown_config_mistakes_are_one_line(change, message):
     assert str(caught.value).startswith("cool.yaml: ") and message in str(caught.value), \
         str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_dry_run_shows_each_trunks_rungs_and_branch_points(tmp_path, capsys):
+    from runner.cli import main
+    from runner.study import pruner
+
+    path = tmp_path / "cool.yaml"
+    data = _data(tmp_path / "run", search={"sampler": "random", "seed": 0, "n_trials": 2},
+                 pruner={"kind": "hyperband", "min_resource": 20, "reduction_factor": 3})
+    path.write_text(yaml.safe_dump(data))
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    lines = [line.strip() for line in out.splitlines() if "cooldown branches" in line]
+    assert len(lines) == 2 and sum(line.startswith("trial ") for line in out.splitlines()) == 2
+    study = optuna.create_study(study_name="cool", pruner=pruner(parse_config(data)))
+    for number, line in enumerate(lines):  # the same brackets as the sweep's study gives
+        expected = {0: "rung 20 from step 16, rung 60 from step 48", 1: "rung 60 from step 48"}
+        assert line == f"cooldown branches: {expected[cooldown._bracket(study, number)]}", out
 
 
 # --- sweeps on Ray ---------------------------------------------------------------------------
@@ -241,6 +261,45 @@ def test_hyperband_prunes_on_branches_at_each_trunks_bracket_rungs(tmp_path):
     done = [n for n in trunks if trials[n]["state"] == "COMPLETE"]
     assert done
     assert _replayed(config, run_dir, done[0], trials, tmp_path) == trials[done[0]]["value"]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_users_fork_in_a_cooldown_sweep_runs_to_its_own_end_unscored(tmp_path, capsys):
+    """Before: `sweep extend` made a trial scored at rungs before its start, whose branch had no
+    checkpoint, and the sweep stopped at every resume."""
+    from runner.cli import main
+
+    run_dir = tmp_path / "run"
+    data = _data(run_dir, search={"sampler": "random", "seed": 0, "n_trials": 1},
+                 pruner={"kind": "none"}, fidelity={"kind": "cooldown", "rungs": [20, 60]},
+                 hyperparams={"learning_rate": WSD, "weight_decay": 1e-3})
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(data))
+    Sweep(parse_config(data, "cool.yaml")).run()
+    capsys.readouterr()
+    assert main(["extend", str(run_dir), "0", "--steps", "180", "--run"]) == 0, \
+        capsys.readouterr()
+    records = RunRecords(str(run_dir))
+    trials = {r["number"]: r for r in records.read("trials").to_pylist()}
+    (extension,) = [r for r in trials.values() if r["parent"] == 0 and r["rung"] is None]
+    assert extension["state"] == "COMPLETE" and extension["parent_step"] == 72
+    assert {r["trial"] for r in records.read("branches").to_pylist()} == {0}
+    capsys.readouterr()  # replay outside PBT: no word of exploits
+    assert main(["replay", str(run_dir), "0", "--out", str(tmp_path / "replay.yaml")]) == 0
+    said = capsys.readouterr().out
+    assert "from scratch with its effective schedules, run dir" in said and "exploit" not in said
+
+
+def test_a_branch_point_is_never_before_step_1():
+    """A cooldown share near 1 (or a wsd that is all cooldown) put it at step 0, where no
+    trunk has a checkpoint: the sweep stopped at its first rung."""
+    config = parse_config(_data("r", pruner={"kind": "none"},
+                                fidelity={"kind": "cooldown", "rungs": [10], "fraction": 0.99}))
+    constant = {"learning_rate": {"kind": "constant", "value": 0.01}, "weight_decay": 1e-3}
+    assert cooldown.branch(config, constant, 10)[0] == 1
+    all_decay = {"kind": "wsd", "peak_value": 0.01, "warmup_steps": 0, "stable_steps": 0,
+                 "decay_steps": 90}
+    assert cooldown.branch(config, {**constant, "learning_rate": all_decay}, 10)[0] == 1
 
 
 class _Killer:
