@@ -21,7 +21,7 @@ promote), each with a 95% bootstrap interval (configs resampled with replacement
 pooled); branch steps as a share of the trunks' steps. Nothing is asserted. Prints a table and
 writes ``bench-out/fidelity.json``.
 
-Scaling: ``BENCH_FID_CONFIGS`` (N=12), ``BENCH_FID_SEEDS`` (1), ``BENCH_FID_STEPS`` (T=300),
+Scaling: ``BENCH_FID_CONFIGS`` (N=12), ``BENCH_FID_SEEDS`` (2), ``BENCH_FID_STEPS`` (T=300),
 ``BENCH_FID_BOOT`` (1000 resamples).
 """
 
@@ -39,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "bench-out"
 CONFIGS = int(os.environ.get("BENCH_FID_CONFIGS", "12"))
-SEEDS = list(range(int(os.environ.get("BENCH_FID_SEEDS", "1"))))
+SEEDS = list(range(int(os.environ.get("BENCH_FID_SEEDS", "2"))))
 STEPS = int(os.environ.get("BENCH_FID_STEPS", "300"))
 BOOT = int(os.environ.get("BENCH_FID_BOOT", "1000"))
 PARAMS = {"n_layer": 2, "d_model": 32, "n_head": 4, "context": 32, "batch_size": 16}

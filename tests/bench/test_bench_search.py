@@ -18,7 +18,7 @@ wall-clock order) until the first trial that completes the full budget within 1%
 of the best final val_loss any method found in this run; median over seeds. Nothing is asserted. Prints a
 table and writes ``bench-out/search.json``.
 
-Scaling: ``BENCH_SEARCH_SEEDS`` (3), ``BENCH_SEARCH_STEPS`` (T=300), ``BENCH_SEARCH_TRIALS`` (24),
+Scaling: ``BENCH_SEARCH_SEEDS`` (5), ``BENCH_SEARCH_STEPS`` (T=300), ``BENCH_SEARCH_TRIALS`` (24),
 ``BENCH_SEARCH_ONLY`` (comma-separated method keys: cooldown_asha, wsd_asha, cosine_asha,
 cosine_median, random_full, tune_asha).
 """
@@ -35,7 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "bench-out"
-SEEDS = list(range(int(os.environ.get("BENCH_SEARCH_SEEDS", "3"))))
+SEEDS = list(range(int(os.environ.get("BENCH_SEARCH_SEEDS", "5"))))
 STEPS = int(os.environ.get("BENCH_SEARCH_STEPS", "300"))
 TRIALS = int(os.environ.get("BENCH_SEARCH_TRIALS", "24"))
 EVERY = max(1, STEPS // 30)
