@@ -865,7 +865,8 @@ class Sweep:
     def _write_live(self) -> None:
         rows = [{"number": n, "state": life.state.value, "step": life.step, "node": life.node,
                  "restarts": life.restarts,
-                 "held": n in self.held - self.user_held}
+                 "held": n in self.held - self.user_held,
+                 "of": _lineage_note(getattr(self.handles.get(n), "lineage", None))}
                 for n, life in sorted(self.trials.items()) if not life.finished]
         self.control.write_live({"driver": self.driver_id, "pid": os.getpid(),
                                  "host": socket.gethostname(), "updated": time.time(),
@@ -1121,3 +1122,12 @@ def _reports_from_rows(history: list[dict], applied: list[dict]) -> dict[int, di
         if row["step"] in by_step:
             by_step[row["step"]]["hyperparams"][row["hyperparameter"]] = row["value"]
     return by_step
+
+
+def _lineage_note(lineage: Optional[dict]) -> str:
+    """What ``sweep status`` says a trial is of: ``branch of 1 at rung 90``, ``fork of 1 at 72``."""
+    if not lineage:
+        return ""
+    if lineage.get("rung") is not None:
+        return f"branch of {lineage['trial']} at rung {lineage['rung']}"
+    return f"fork of {lineage['trial']} at {lineage['step']}"

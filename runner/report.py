@@ -87,11 +87,12 @@ def print_progress(console: Console, run_dir: str) -> None:
                       f"(pid {live.get('pid')} on {live.get('host')}, updated {age:.0f} s ago)",
                       highlight=False)
         table = Table(title="unfinished trials", title_justify="left")
-        for column in ("trial", "state", "step", "node", "restarts"):
+        for column in ("trial", "state", "step", "node", "restarts", "of"):
             table.add_column(column)
         for row in trials:
             table.add_row(str(row.get("number")), str(row.get("state")), str(row.get("step")),
-                          row.get("node") or "-", str(row.get("restarts", 0)))
+                          row.get("node") or "-", str(row.get("restarts", 0)),
+                          row.get("of") or "-")
         console.print(table)
         return
     paused = sorted(channel.paused())

@@ -68,7 +68,8 @@ def go_live(path, trials):
 
 
 LIVE_TRIALS = [{"number": 0, "state": "running", "step": 40, "node": "10.0.0.7", "restarts": 1},
-               {"number": 2, "state": "queued", "step": 0, "node": "", "restarts": 0}]
+               {"number": 2, "state": "queued", "step": 0, "node": "", "restarts": 0,
+                "of": "branch of 0 at rung 20"}]
 
 
 def refused(capsys, argv, root, expect):
@@ -163,7 +164,16 @@ def test_status_of_a_live_sweep_lists_its_unfinished_trials(run_dir, capsys):
     assert [r for r in rows if "running" in r][0][1:5] == ["0", "│", "running", "│"]
     assert any("40" in r and "10.0.0.7" in r for r in rows)
     assert any("queued" in r for r in rows)
+    assert "branch of 0 at rung 20" in out  # a cooldown branch says whose it is
     assert "continue with" not in out
+
+
+def test_a_live_trial_is_shown_as_the_branch_or_fork_it_is():
+    from runner.driver import _lineage_note
+
+    assert _lineage_note(None) == ""
+    assert _lineage_note({"trial": 1, "step": 72, "rung": 90}) == "branch of 1 at rung 90"
+    assert _lineage_note({"trial": 1, "step": 72}) == "fork of 1 at 72"
 
 
 def test_status_of_a_stopped_sweep_with_paused_trials(run_dir, capsys):
