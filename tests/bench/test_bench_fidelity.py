@@ -18,7 +18,8 @@ over the last 20%). Space 2 adds b2 uniform [0.9, 0.999] and, for the WSD, the c
 Per score: Spearman's rank correlation with the final results (of the same schedule family) and
 how many of the true top 5 are among the top third by the score (what reduction factor 3 would
 promote), each with a 95% bootstrap interval (configs resampled with replacement, all seeds
-pooled); branch steps as a share of the trunks' steps. Nothing is asserted. Prints a table and
+pooled), and the paired difference of rho, cooldown minus WSD stable, on the same resamples;
+branch steps as a share of the trunks' steps. Nothing is asserted. Prints a table and
 writes ``bench-out/fidelity.json``.
 
 Scaling: ``BENCH_FID_CONFIGS`` (N=12), ``BENCH_FID_SEEDS`` (2), ``BENCH_FID_STEPS`` (T=300),
@@ -129,6 +130,17 @@ def _with_interval(stat, score: np.ndarray, final: np.ndarray, rng) -> dict:
     return {"value": stat(score, final), "low": float(low), "high": float(high)}
 
 
+def _paired_difference(branch: np.ndarray, stable: np.ndarray, final: np.ndarray, rng) -> dict:
+    """rho(branch) - rho(stable) on the same resampled configs: both scores come from the same
+    trunks, so the difference is judged paired (tighter than two separate intervals)."""
+    def difference(i):
+        return _spearman(branch[i], final[i]) - _spearman(stable[i], final[i])
+
+    draws = [difference(rng.integers(0, len(final), len(final))) for _ in range(BOOT)]
+    low, high = np.nanpercentile(draws, [2.5, 97.5])
+    return {"value": difference(np.arange(len(final))), "low": float(low), "high": float(high)}
+
+
 def _fidelity(cosine: list[dict], wsd: list[dict], rung: int, rng) -> dict:
     series = {"truncated cosine": ([r["own"][rung] for r in cosine], [r["final"] for r in cosine]),
               "wsd stable": ([r["own"][rung] for r in wsd], [r["final"] for r in wsd]),
@@ -138,6 +150,9 @@ def _fidelity(cosine: list[dict], wsd: list[dict], rung: int, rng) -> dict:
         score, final = np.asarray(score, float), np.asarray(final, float)
         out[name] = {"spearman": _with_interval(_spearman, score, final, rng),
                      "top5_promoted": _with_interval(_top_found, score, final, rng)}
+    out["cooldown - wsd stable"] = _paired_difference(
+        *(np.asarray(series[name][0], float) for name in ("cooldown", "wsd stable")),
+        np.asarray(series["cooldown"][1], float), rng)
     return out
 
 
@@ -162,7 +177,7 @@ def test_fidelity_of_rung_scores():
                                     "configs": len(pooled["wsd"]),
                                     "branch_share": runs["wsd"][0]["branch_share"],
                                     "scores": _fidelity(pooled["cosine"], pooled["wsd"], index,
-                                                        rng)})
+                                                        rng), "rows": pooled})
     OUT.mkdir(exist_ok=True)
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
               "configs_per_seed": CONFIGS, "seeds": SEEDS, "bootstrap": BOOT,
@@ -176,7 +191,9 @@ def test_fidelity_of_rung_scores():
         cells = [f"rho {s['spearman']['value']:.2f} [{s['spearman']['low']:.2f},"
                  f"{s['spearman']['high']:.2f}] top5 {s['top5_promoted']['value']:.0f}"
                  for s in (row["scores"][name] for name in SCORES)]
+        paired = row["scores"]["cooldown - wsd stable"]
         print(f"{row['steps']:>7} {row['space']:>5} {row['rung']:>5}  " +
-              "  ".join(f"{c:>26}" for c in cells))
+              "  ".join(f"{c:>26}" for c in cells) +
+              f"  paired {paired['value']:+.2f} [{paired['low']:+.2f},{paired['high']:+.2f}]")
     print(f"branches: {100 * results[0]['branch_share']:.1f}% of the trunks' steps; "
           f"sweeps: {json.dumps(sweeps)}")
