@@ -247,6 +247,9 @@ def _dry_run(config: SweepConfig, console: Console) -> int:
                                 directions=[o.direction for o in config.objectives],
                                 study_name=config.name)  # hyperband's brackets hash the name
     shown, wanted = 0, min(3, config.search.n_trials or 3)
+    if config.fidelity.kind == "cooldown":
+        say("the first trunks as sampled; in the sweep branches take trial numbers too, so a "
+            "trunk's number, point and hyperband bracket may differ from these")
     for number in range(10):  # the first 3 valid trials, naming the invalid ones skipped
         reseed(study.sampler, config.search.seed, number)  # as the sweep will: the same points
         trial = study.ask()
@@ -395,6 +398,11 @@ def _fork(args: argparse.Namespace, console: Console) -> int:
         info = dataclasses.replace(info, schedules=specs)
     if info is None or info.schedules is None:
         raise UsageError(f"{run.uri}: no trial {args.trial}")
+    row = info.row or {}
+    if row.get("rung") is not None:  # a measurement of its trunk, never a trial of its own
+        raise UsageError(f"{run.uri}: trial {args.trial} is a cooldown branch (it scores trial "
+                         f"{row.get('parent')} at rung {row['rung']}); {args.command} its trunk, "
+                         f"trial {row.get('parent')}, instead")
     try:
         if args.command == "extend":
             if info.state != "COMPLETE":

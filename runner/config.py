@@ -140,6 +140,15 @@ class Pruner(_Strict):
     max_resource: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = "auto"
     reduction_factor: int = Field(default=3, ge=2)
 
+    @model_validator(mode="after")
+    def _brackets(self):
+        if self.kind == "hyperband" and isinstance(self.min_resource, int) and \
+                isinstance(self.max_resource, int) and self.max_resource < self.min_resource:
+            raise ValueError(f"max_resource: expected at least min_resource "
+                             f"({self.min_resource}), got {self.max_resource} (hyperband would "
+                             f"have no bracket and prune nothing)")
+        return self
+
 
 class Fidelity(_Strict):
     """What a trial's score at a rung is: its run so far (``truncate``), or the result of a

@@ -210,10 +210,13 @@ class CooldownFidelity(OptunaStrategy):
                     at, specs = self._branches[key]
                     if trunk.checkpoint_step >= at:
                         return Fork(trunk.number, at, specs, steps=rung, rung=rung)
-                elif scored.state in ENDED and trunk.state == "paused" and \
+                    break
+                if scored.state in ENDED and trunk.state == "paused" and \
                         trunk.checkpoint_step == rung:
                     prune = self._prunes(trunk.number, rung, scored.values.get(self.metric))
                     return Prune(trunk.number) if prune else Resume(trunk.number)
+                if scored.state not in ENDED or trunk.step < rung:
+                    break  # a later rung's branch waits for this rung's verdict
         sampled = sum(t.parent is None for t in trials.values())
         if sampled < self.config.search.n_trials:
             return NewTrial(limit=self.config.search.n_trials)

@@ -112,6 +112,8 @@ def test_any_other_schedule_becomes_a_trunk_that_ends_in_the_fidelitys_cooldown(
      "pruner.min_resource: Input should be greater than or equal to 1 (got 0)"),
     ({"pruner": {"kind": "hyperband", "min_resource": -5}},
      "pruner.min_resource: Input should be greater than or equal to 1 (got -5)"),
+    ({"pruner": {"kind": "hyperband", "min_resource": 20, "max_resource": 9}},
+     "pruner.max_resource: expected at least min_resource (20), got 9"),
     ({"pruner": {"kind": "asha", "min_resource": 20, "max_resource": 60}},
      "pruner.max_resource: not used by asha"),
     ({"pruner": {"kind": "asha", "min_resource": 15}},
@@ -138,6 +140,33 @@ def test_cooldown_config_mistakes_are_one_line(change, message):
     assert str(caught.value).startswith("cool.yaml: ") and message in str(caught.value), \
         str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_a_later_rungs_branch_waits_for_the_earlier_rungs_verdict():
+    """With branch points out of rung order (both at step 1 here), the rung-60 branch forked
+    before rung 20's verdict and ran on for a trunk already pruned at 20."""
+    from runner.strategy import Fork, SweepView, TrialView
+
+    config = parse_config(_data("r", pruner={"kind": "none"},
+                                fidelity={"kind": "cooldown", "rungs": [20, 60], "fraction": 0.99}))
+    strategy = cooldown.CooldownFidelity(config, None)
+    specs = {"learning_rate": {"kind": "constant", "value": 0.01}, "weight_decay": 1e-3}
+
+    def view(trunk_step, first_branch_state=None):
+        trials = {0: TrialView(number=0, state="running", params={}, schedules=specs, values={},
+                               step=trunk_step, checkpoint_step=trunk_step, parent=None)}
+        if first_branch_state:
+            trials[1] = TrialView(number=1, state=first_branch_state, params={}, schedules={},
+                                  values={"val_loss": 1.0}, step=20, checkpoint_step=20,
+                                  parent={"trial": 0, "step": 1, "rung": 20})
+        return SweepView(trials=lambda: trials, free_slots=2, checkpoints=lambda n: [])
+
+    first = strategy.next(view(10))
+    assert isinstance(first, Fork) and first.rung == 20 and first.step == 1
+    assert not isinstance(strategy.next(view(10, "running")), Fork)  # rung 20 undecided
+    assert not isinstance(strategy.next(view(10, "complete")), Fork)  # trunk not at 20 yet
+    second = strategy.next(view(30, "complete"))  # passed rung 20: its verdict was to go on
+    assert isinstance(second, Fork) and second.rung == 60 and second.step == 1
 
 
 def test_dry_run_shows_each_trunks_rungs_and_branch_points(tmp_path, capsys):
@@ -284,6 +313,10 @@ def test_a_users_fork_in_a_cooldown_sweep_runs_to_its_own_end_unscored(tmp_path,
     (extension,) = [r for r in trials.values() if r["parent"] == 0 and r["rung"] is None]
     assert extension["state"] == "COMPLETE" and extension["parent_step"] == 72
     assert {r["trial"] for r in records.read("branches").to_pylist()} == {0}
+    branch = next(r["number"] for r in trials.values() if r["rung"] is not None)
+    assert main(["fork", str(run_dir), str(branch), "--at", "30"]) == 2  # a branch is no trial
+    assert f"trial {branch} is a cooldown branch (it scores trial 0 at rung" in \
+        capsys.readouterr().err
     capsys.readouterr()  # replay outside PBT: no word of exploits
     assert main(["replay", str(run_dir), "0", "--out", str(tmp_path / "replay.yaml")]) == 0
     said = capsys.readouterr().out
