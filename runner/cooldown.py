@@ -79,6 +79,12 @@ def config_problem(config: "SweepConfig") -> Optional[str]:
         return (f"hyperparams.{stateful[0]}: a reduce_on_plateau schedule cannot be cooled down "
                 f"(its value follows the metrics, not the step); expected a schedule of steps "
                 f"with fidelity.kind cooldown, or leave it out of fidelity.schedules")
+    for name in fidelity.schedules:
+        for length in _wsd_lengths(config.hyperparams[name]):
+            if length != budget.steps:
+                return (f"hyperparams.{name}: a wsd of {length} steps (warmup + stable + decay) "
+                        f"with budget.steps {budget.steps}: expected its length to be the "
+                        f"budget, so that its cooldown ends the trunk and scales to each rung")
     steps = rungs(config)
     key = "fidelity.rungs" if fidelity.rungs is not None else "pruner.min_resource"
     for rung in steps:
@@ -99,6 +105,17 @@ def _kinds(value: Any) -> set[str]:
     if isinstance(value, dict) and "choice" in value:
         return set().union(*(_kinds(option) for option in value["choice"]))
     return {value.get("kind")} if isinstance(value, dict) else set()
+
+
+def _wsd_lengths(value: Any) -> list[int]:
+    """The lengths of a hyperparam's wsd specs (its choices included) whose phases are numbers;
+    sampled phases are not known before a trial."""
+    if isinstance(value, dict) and "choice" in value:
+        return [n for option in value["choice"] for n in _wsd_lengths(option)]
+    if not isinstance(value, dict) or value.get("kind") != "wsd":
+        return []
+    phases = [value.get(k, 0) for k in ("warmup_steps", "stable_steps", "decay_steps")]
+    return [sum(phases)] if all(isinstance(x, int) for x in phases) else []
 
 
 def _cooldown_of(spec: Any, rung: int, fraction: float, decay_type: str) -> tuple[int, dict]:

@@ -112,6 +112,9 @@ def test_any_other_schedule_becomes_a_trunk_that_ends_in_the_fidelitys_cooldown(
      "pruner.min_resource: Input should be greater than or equal to 1 (got 0)"),
     ({"pruner": {"kind": "hyperband", "min_resource": -5}},
      "pruner.min_resource: Input should be greater than or equal to 1 (got -5)"),
+    ({"hyperparams": {"learning_rate": {**WSD, "stable_steps": 47}}},
+     "hyperparams.learning_rate: a wsd of 70 steps (warmup + stable + decay) with budget.steps "
+     "90: expected its length to be the budget"),
     ({"pruner": {"kind": "hyperband", "min_resource": 20, "max_resource": 9}},
      "pruner.max_resource: expected at least min_resource (20), got 9"),
     ({"pruner": {"kind": "asha", "min_resource": 20, "max_resource": 60}},
