@@ -100,22 +100,24 @@ def config_problem(config: "SweepConfig") -> Optional[str]:
     return None
 
 
+def _options(value: Any) -> list[dict]:
+    """Every schedule spec a hyperparam's value may take (its choices expanded)."""
+    if isinstance(value, dict) and "choice" in value:
+        return [spec for option in value["choice"] for spec in _options(option)]
+    return [value] if isinstance(value, dict) else []
+
+
 def _kinds(value: Any) -> set[str]:
     """Every schedule kind a hyperparam's value (its choices included) may take."""
-    if isinstance(value, dict) and "choice" in value:
-        return set().union(*(_kinds(option) for option in value["choice"]))
-    return {value.get("kind")} if isinstance(value, dict) else set()
+    return {spec.get("kind") for spec in _options(value)}
 
 
 def _wsd_lengths(value: Any) -> list[int]:
     """The lengths of a hyperparam's wsd specs (its choices included) whose phases are numbers;
     sampled phases are not known before a trial."""
-    if isinstance(value, dict) and "choice" in value:
-        return [n for option in value["choice"] for n in _wsd_lengths(option)]
-    if not isinstance(value, dict) or value.get("kind") != "wsd":
-        return []
-    phases = [value.get(k, 0) for k in ("warmup_steps", "stable_steps", "decay_steps")]
-    return [sum(phases)] if all(isinstance(x, int) for x in phases) else []
+    phases = [[spec.get(k, 0) for k in ("warmup_steps", "stable_steps", "decay_steps")]
+              for spec in _options(value) if spec.get("kind") == "wsd"]
+    return [sum(p) for p in phases if all(isinstance(x, int) for x in p)]
 
 
 def _cooldown_of(spec: Any, rung: int, fraction: float, decay_type: str) -> tuple[int, dict]:

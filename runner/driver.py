@@ -866,7 +866,7 @@ class Sweep:
         rows = [{"number": n, "state": life.state.value, "step": life.step, "node": life.node,
                  "restarts": life.restarts,
                  "held": n in self.held - self.user_held,
-                 "of": _lineage_note(getattr(self.handles.get(n), "lineage", None))}
+                 **_lineage_fields(getattr(self.handles.get(n), "lineage", None))}
                 for n, life in sorted(self.trials.items()) if not life.finished]
         self.control.write_live({"driver": self.driver_id, "pid": os.getpid(),
                                  "host": socket.gethostname(), "updated": time.time(),
@@ -1124,10 +1124,9 @@ def _reports_from_rows(history: list[dict], applied: list[dict]) -> dict[int, di
     return by_step
 
 
-def _lineage_note(lineage: Optional[dict]) -> str:
-    """What ``sweep status`` says a trial is of: ``branch of 1 at rung 90``, ``fork of 1 at 72``."""
-    if not lineage:
-        return ""
-    if lineage.get("rung") is not None:
-        return f"branch of {lineage['trial']} at rung {lineage['rung']}"
-    return f"fork of {lineage['trial']} at {lineage['step']}"
+
+def _lineage_fields(lineage: Optional[dict]) -> dict:
+    """A live trial's parent, as ``sweep status`` shows it: a branch's rung, a fork's step."""
+    lineage = lineage or {}
+    return {"parent": lineage.get("trial"), "parent_step": lineage.get("step"),
+            "rung": lineage.get("rung")}

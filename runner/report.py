@@ -92,7 +92,7 @@ def print_progress(console: Console, run_dir: str) -> None:
         for row in trials:
             table.add_row(str(row.get("number")), str(row.get("state")), str(row.get("step")),
                           row.get("node") or "-", str(row.get("restarts", 0)),
-                          row.get("of") or "-")
+                          lineage_note(row) or "-")
         console.print(table)
         return
     paused = sorted(channel.paused())
@@ -267,6 +267,15 @@ def show_trial(console: Console, run_dir: str, number: int) -> bool:
                                    for c in metrics + hps))
     console.print(table)
     return True
+
+
+def lineage_note(row: dict) -> str:
+    """What a trial is of: ``branch of 1 at rung 90``, ``fork of 1 at 72``, or ""."""
+    if row.get("parent") is None:
+        return ""
+    if row.get("rung") is not None:
+        return f"branch of {row['parent']} at rung {row['rung']}"
+    return f"fork of {row['parent']} at {row['parent_step']}"
 
 
 def _unfinished_line(info: Optional[TrialInfo]) -> str:

@@ -69,7 +69,7 @@ def go_live(path, trials):
 
 LIVE_TRIALS = [{"number": 0, "state": "running", "step": 40, "node": "10.0.0.7", "restarts": 1},
                {"number": 2, "state": "queued", "step": 0, "node": "", "restarts": 0,
-                "of": "branch of 0 at rung 20"}]
+                "parent": 0, "parent_step": 16, "rung": 20}]
 
 
 def refused(capsys, argv, root, expect):
@@ -169,11 +169,15 @@ def test_status_of_a_live_sweep_lists_its_unfinished_trials(run_dir, capsys):
 
 
 def test_a_live_trial_is_shown_as_the_branch_or_fork_it_is():
-    from runner.driver import _lineage_note
+    from runner.driver import _lineage_fields
+    from runner.report import lineage_note
 
-    assert _lineage_note(None) == ""
-    assert _lineage_note({"trial": 1, "step": 72, "rung": 90}) == "branch of 1 at rung 90"
-    assert _lineage_note({"trial": 1, "step": 72}) == "fork of 1 at 72"
+    def note(lineage):
+        return lineage_note(_lineage_fields(lineage))
+
+    assert note(None) == ""
+    assert note({"trial": 1, "step": 72, "rung": 90}) == "branch of 1 at rung 90"
+    assert note({"trial": 1, "step": 72}) == "fork of 1 at 72"
 
 
 def test_status_of_a_stopped_sweep_with_paused_trials(run_dir, capsys):
