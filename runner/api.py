@@ -52,7 +52,7 @@ def execute(config: SweepConfig, address: Optional[str], console: Console,
     a run dir that cannot be made or used.
     """
     from runner.driver import Sweep
-    from runner.loggers import LogFanout, build_loggers
+    from runner.loggers import LoggerProcess
     from runner.plots import plot_run
     from runner.progress import Progress
     from runner.ray_init import ray_session
@@ -63,14 +63,12 @@ def execute(config: SweepConfig, address: Optional[str], console: Console,
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress output says it all
     check_run_dir(config, source)  # before Ray starts: a mistake costs nothing
-    loggers = build_loggers(config.loggers, source)
     objective = config.objectives[0]
     run_dir = config.run_dir()
     on_claimed = ((lambda: RunDir(run_dir).write_text("config.yaml", config_text))
                   if config_text is not None else None)
-    with ray_session(address):
-        with Progress(config.search.n_trials, objective.metric, objective.direction) as progress, \
-                LogFanout(loggers, run_dir, config) as fanout:
+    with LoggerProcess(config.loggers, run_dir, config, source) as fanout, ray_session(address):
+        with Progress(config.search.n_trials, objective.metric, objective.direction) as progress:
             def on_event(kind: str, info: dict) -> None:
                 progress(kind, info)
                 fanout(kind, info)

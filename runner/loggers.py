@@ -2,8 +2,9 @@
 
 Loggers hear the driver's event stream, never the trainable: a trainable stays a plain function,
 and what a logger shows is what the run dir's tables hold (restarts and replayed reports
-included). Calls happen on one background thread, in event order, so a slow tracking server
-delays the logger, not the sweep.
+included). They run in a process of their own (``LoggerProcess``), on one thread, in event
+order: a slow tracking server delays the logger, not the sweep, and a logger's CPU (an MLflow
+run costs more than a trivial trial) is never the driver's.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import json
 import logging
 import os
 import queue
+import signal
+import subprocess
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -24,7 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 60.0
-FLUSH_S = 1.0  # how live the loggers are: each call to a tracking server costs the driver's CPU
+FLUSH_S = 1.0  # how live the loggers are: each call to a tracking server costs CPU
+NICE = 10  # the loggers' process yields the CPU to the driver and the trials when both want it
 
 
 class Logger:
@@ -107,9 +112,9 @@ class LogFanout:
             return
         self._each(Logger.close)
 
-    def __call__(self, kind: str, info: dict) -> None:
+    def __call__(self, kind: str, info: dict, when: Optional[float] = None) -> None:
         if kind in _DISPATCH:
-            self.events.put((kind, info, time.time()))
+            self.events.put((kind, info, time.time() if when is None else when))
 
     def _drain(self) -> None:
         self._each(lambda lg: lg.open(self.run_dir, self.config))
@@ -177,6 +182,141 @@ class LogFanout:
 _DISPATCH = {"queued": LogFanout._queued, "started": LogFanout._started,
              "report": LogFanout._report, "requeued": LogFanout._requeued,
              "paused": LogFanout._paused, "finished": LogFanout._finished}
+
+
+class LoggerProcess:
+    """The driver's ``on_event`` for the configured loggers, which run in a child process
+    (``python -m runner.loggers``, a ``LogFanout`` there) fed JSON lines through a pipe.
+
+    Why a process: a logger's Python holds the driver's GIL (an MLflow run's SQL took 26 ms of
+    it per trial, more than a trivial trial), and a logger that crashes its interpreter or hangs
+    must not take the sweep with it. The driver pays a queue put; a thread writes the pipe, so a
+    lagging child never blocks the driver. The child builds the loggers first and answers on a
+    second pipe, so a bad logger is a ``ConfigError`` before Ray starts. If the driver dies, the
+    child still sends what it received, then exits (end of its input).
+    """
+
+    def __init__(self, configs: list["LoggerConfig"], run_dir: str, config: "SweepConfig",
+                 source: str = "<config>") -> None:
+        self.configs, self.run_dir, self.config, self.source = configs, run_dir, config, source
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.proc: Optional[subprocess.Popen] = None
+        self.lost = False  # the child is gone and the user was told
+        self.thread = threading.Thread(target=self._feed, name="sweep-loggers-pipe", daemon=True)
+
+    def start(self) -> "LoggerProcess":
+        """Start the child and wait until it has built the loggers (raises ``ConfigError``)."""
+        if not self.configs:
+            return self
+        ready_r, ready_w = os.pipe()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self.proc = subprocess.Popen([sys.executable, "-m", "runner.loggers", str(ready_w)],
+                                     stdin=subprocess.PIPE, pass_fds=(ready_w,), env=env)
+        os.close(ready_w)
+        header = {"run_dir": self.run_dir, "source": self.source,
+                  "config": self.config.model_dump(mode="json", exclude_unset=True)}
+        try:
+            self.proc.stdin.write(_line(header))
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the child died at start: its answer below says so
+        with os.fdopen(ready_r) as ready:
+            answer = ready.read()
+        if answer != "ok":
+            self.proc.stdin.close()
+            code = self.proc.wait()
+            raise ConfigError(answer.removeprefix("error:") if answer.startswith("error:") else
+                              f"{self.source}: loggers: their process exited ({code}) at start")
+        self.thread.start()
+        return self
+
+    def __enter__(self) -> "LoggerProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is None:
+            return
+        self.events.put(None)
+        try:
+            self.proc.wait(CLOSE_TIMEOUT_S)  # the child ends once the pipe is closed and drained
+        except subprocess.TimeoutExpired:
+            self.lost = True  # said here
+            log.warning("loggers: still sending after %.0f s; the rest is dropped",
+                        CLOSE_TIMEOUT_S)
+            self.proc.kill()
+            self.proc.wait()
+        self.thread.join()  # it has written the end, or found the pipe broken: the child is gone
+        if self.proc.returncode:
+            self._lose()
+
+    def __call__(self, kind: str, info: dict) -> None:
+        if self.proc is not None and kind in _DISPATCH:
+            self.events.put((kind, info, time.time()))
+
+    def _feed(self) -> None:
+        """Write queued events to the child, as many as are waiting in one write."""
+        stdin, done = self.proc.stdin, False
+        while not done:
+            batch = [self.events.get()]
+            while True:
+                try:
+                    batch.append(self.events.get_nowait())
+                except queue.Empty:
+                    break
+            done = batch[-1] is None
+            try:
+                stdin.write(b"".join(_line(item) for item in batch if item is not None))
+                stdin.flush()
+            except (BrokenPipeError, ValueError):
+                self._lose()
+                return
+        stdin.close()
+
+    def _lose(self) -> None:
+        """Say once that the loggers' process died (a logger crashed its interpreter)."""
+        if not self.lost:
+            self.lost = True
+            log.warning("loggers: their process ended (exit code %s); nothing more is logged "
+                        "in this sweep", self.proc.wait())
+
+
+def _line(item: Any) -> bytes:
+    return (json.dumps(item, default=_plain) + "\n").encode()
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and the like, as JSON numbers (or their text)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _child_main(ready_fd: int) -> int:
+    """The loggers' process: build them, answer ``ok`` (or ``error:LINE``) on ``ready_fd``,
+    then hand each event line to a ``LogFanout`` until the driver closes the pipe."""
+    from runner.config import parse_config
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's; it closes the pipe
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with os.fdopen(ready_fd, "w") as ready:
+        header = sys.stdin.buffer.readline()
+        if not header:
+            return 1
+        header = json.loads(header)
+        try:
+            config = parse_config(header["config"], header["source"])
+            loggers = build_loggers(config.loggers, header["source"])
+        except ConfigError as exc:
+            ready.write(f"error:{exc}")
+            return 2
+        ready.write("ok")
+    os.nice(NICE)
+    with LogFanout(loggers, header["run_dir"], config) as fanout:
+        for line in sys.stdin.buffer:
+            kind, info, when = json.loads(line)
+            fanout(kind, info, when)
+    return 0
 
 
 def flat(prefix: str, value: Any) -> dict[str, Any]:
@@ -315,7 +455,8 @@ class MLflowLogger(Logger):
         self.runs: dict[int, str] = {}
         self.logged: dict[int, int] = {}  # the last step logged per trial
         self.restarts: dict[int, int] = {}
-        self.pending: dict[str, list] = {}
+        self.pending: dict[str, list] = {}  # metrics not yet sent, per run
+        self.params: dict[str, list] = {}  # params not yet sent, per run
 
     def open(self, run_dir: str, config: "SweepConfig") -> None:
         self.run_dir = run_dir if "://" in run_dir else os.path.abspath(run_dir)
@@ -335,9 +476,8 @@ class MLflowLogger(Logger):
                     "mlflow.runName": f"trial-{number}"}
             run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
             fields = {**flat("", params or {}), **flat("schedule", schedules or {})}
-            items = [Param(k, str(v)) for k, v in fields.items()]
-            for start in range(0, len(items), 100):  # MLflow takes at most 100 params a call
-                self.client.log_batch(run_id, params=items[start:start + 100])
+            self.params[run_id] = [Param(k, str(v)) for k, v in fields.items()]  # sent with
+            # the first metrics: each MLflow call costs a trivial trial's worth of CPU
         else:
             self.client.update_run(run_id, status="RUNNING")
         self.runs[number] = run_id
@@ -398,16 +538,18 @@ class MLflowLogger(Logger):
         self.restarts.pop(number, None)
 
     def flush(self) -> None:
-        for run_id in list(self.pending):
+        for run_id in {**self.params, **self.pending}:
             self._send(run_id)
 
     def _send(self, run_id: str, tags: list = ()) -> None:
-        """The run's pending metrics and ``tags`` in as few calls as MLflow allows."""
-        metrics = self.pending.pop(run_id, [])
-        for start in range(0, max(1, len(metrics)), 1000):  # MLflow's limit per call
-            chunk = metrics[start:start + 1000]
-            if chunk or tags:
-                self.client.log_batch(run_id, metrics=chunk, tags=list(tags) if start == 0 else [])
+        """The run's pending params and metrics, and ``tags``, in as few calls as MLflow's
+        limits allow (per call: 100 params, 100 tags, 1000 entities in all)."""
+        params, metrics, tags = self.params.pop(run_id, []), self.pending.pop(run_id, []), list(tags)
+        while params or metrics or tags:
+            p, params, t, tags = params[:100], params[100:], tags[:100], tags[100:]
+            room = 1000 - len(p) - len(t)
+            m, metrics = metrics[:room], metrics[room:]
+            self.client.log_batch(run_id, metrics=m, params=p, tags=t)
 
 
 def _first_metric(run: Any) -> str:
@@ -417,3 +559,14 @@ def _first_metric(run: Any) -> str:
 
 
 BUILTIN: dict[str, type[Logger]] = {"tensorboard": TensorBoardLogger, "mlflow": MLflowLogger}
+
+
+if __name__ == "__main__":
+    from runner import loggers  # not this __main__ copy: user loggers subclass runner.loggers'
+
+    code = loggers._child_main(int(sys.argv[1]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # every logger is closed: skip the interpreter's teardown of what they imported
+    # (0.5 s for tensorboardX, 0.8 s with MLflow), which the driver would wait for
+    os._exit(code)

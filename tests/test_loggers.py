@@ -285,3 +285,48 @@ def test_reports_a_resumed_driver_recovers_from_a_checkpoint_reach_tensorboard(r
     events = EventAccumulator(str(run_dir / "tensorboard" / "trial-00000"))
     events.Reload()
     assert sorted({(e.step, e.value) for e in events.Scalars("loss")}) == history
+
+
+class Crashing(Logger):
+    """A user logger that takes its interpreter down at trial 1's first report (as a native
+    extension's crash would)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def open(self, run_dir, config) -> None:
+        with open(self.path, "w") as f:
+            json.dump({"pid": os.getpid(), "parent": os.getppid()}, f)
+
+    def report(self, number, step, metrics, hyperparams, time):
+        if number == 1:
+            os._exit(3)
+
+
+def test_loggers_run_in_their_own_process_and_its_crash_leaves_the_sweep_whole(ray_local,
+                                                                                 tmp_path, caplog):
+    """A logger's CPU is not the driver's (MLflow's SQL held the driver's GIL for longer than a
+    trivial trial), and a logger that kills its process costs the logging, not the sweep."""
+    from runner import run
+
+    where = tmp_path / "where.json"
+    result = run({
+        "name": "crashing", "trainable": "tests.trainables:quadratic",
+        "objective": {"metric": "loss"},
+        "budget": {"steps": 6, "report_every": 2, "checkpoint_every": 6},
+        "search": {"sampler": "random", "seed": 0, "n_trials": 3}, "max_concurrent": 1,
+        "hyperparams": {"learning_rate": {"kind": "constant", "value": 0.01}},
+        "storage": str(tmp_path / "run"),
+        "loggers": ["tensorboard",
+                    {"kind": "tests.test_loggers:Crashing", "options": {"path": str(where)}}]})
+    opened = json.loads(where.read_text())
+    assert opened["pid"] != os.getpid() and opened["parent"] == os.getpid()
+    assert list(result.trials.state) == ["COMPLETE"] * 3
+    assert [r.getMessage() for r in caplog.records if r.name == "runner.loggers"] == [
+        "loggers: their process ended (exit code 3); nothing more is logged in this sweep"]
+    # what reached the loggers before the crash was written: trial 0 whole
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "trial-00000"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [2, 4, 6]

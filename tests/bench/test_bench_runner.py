@@ -147,10 +147,11 @@ def run_runner(spec: dict, work: str) -> dict:
             if kind == "finished":
                 done.append(time.perf_counter())
 
-        from runner.loggers import LogFanout, build_loggers
+        from runner.loggers import LoggerProcess
 
-        fanout = LogFanout(build_loggers(config.loggers), config.run_dir(), config)
-        fanout.__enter__()  # opening (MLflow creates its tables) is not timed; sending is
+        # starting the loggers' process (imports, MLflow creating its tables) is not timed;
+        # sending is
+        fanout = LoggerProcess(config.loggers, config.run_dir(), config).start()
 
         def logged(kind: str, info: dict) -> None:
             fanout(kind, info)
