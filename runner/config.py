@@ -195,6 +195,9 @@ class LoggerConfig(_Strict):
     @field_validator("kind")
     @classmethod
     def _known(cls, kind: str) -> str:
+        if kind.startswith("__main__:"):
+            raise ValueError("loggers run in a process of their own, which cannot import your "
+                             "script's __main__: put the class in a module and name that")
         return _builtin_or_class(kind, BUILTIN_LOGGERS)
 
     @model_validator(mode="after")

@@ -210,6 +210,8 @@ def test_a_failing_logger_is_switched_off_and_the_others_go_on(tmp_path, caplog)
 
 
 @pytest.mark.parametrize("loggers, message", [
+    (["__main__:Mine"], "loggers.0.kind: loggers run in a process of their own, which cannot "
+                        "import your script's __main__: put the class in a module and name that"),
     ([{"kind": "tb"}], "loggers.0.kind: expected tensorboard, mlflow or 'package.module:Class'"),
     ([{"kind": "tensorboard", "options": {"logdir": "x"}}],
      "loggers.0.options.logdir: unknown option of the tensorboard logger (known: dir)"),
