@@ -332,3 +332,46 @@ def test_loggers_run_in_their_own_process_and_its_crash_leaves_the_sweep_whole(r
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "trial-00000"))
     events.Reload()
     assert [e.step for e in events.Scalars("loss")] == [2, 4, 6]
+
+
+class PidRecorder(Recorder):
+    """A Recorder that also says which process it runs in (``pid_path``)."""
+
+    def __init__(self, path: str, pid_path: str) -> None:
+        super().__init__(path)
+        with open(pid_path, "w") as f:
+            f.write(str(os.getpid()))
+
+
+def _gone(pid: int, deadline_s: float) -> bool:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)  # polling another process's end, with a deadline
+    return False
+
+
+def test_a_killed_drivers_loggers_send_what_they_had_and_exit(ray_local, tmp_path):
+    """kill -9 of the driver at trial 1's checkpoint of step 10: trial 0's calls, all sent
+    before, are written, and the loggers' process ends by itself (nothing left running)."""
+    run_dir, path = tmp_path / "run", tmp_path / "sweep.yaml"
+    calls, pid_path = tmp_path / "calls.jsonl", tmp_path / "loggers.pid"
+    path.write_text(yaml.safe_dump({
+        "name": "killed", "trainable": "tests.trainables:quadratic",
+        "objective": {"metric": "loss"},
+        "budget": {"steps": STEPS, "report_every": 2, "checkpoint_every": 10},
+        "search": {"sampler": "random", "seed": 0, "n_trials": 2}, "max_concurrent": 1,
+        "hyperparams": {"learning_rate": {"kind": "constant", "value": 0.01}},
+        "storage": str(run_dir),
+        "loggers": [{"kind": "tests.test_loggers:PidRecorder",
+                     "options": {"path": str(calls), "pid_path": str(pid_path)}}]}))
+    killed = subprocess.run([sys.executable, "-m", "tests.killed_driver", "checkpoint:1:10",
+                             "run", str(path)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=240)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
+    assert _gone(int(pid_path.read_text()), 60)
+    mine = [c for c in map(json.loads, calls.read_text().splitlines()) if c[1] == 0]
+    assert [c[0] for c in mine] == ["started"] + ["report"] * (STEPS // 2) + ["finished"]

@@ -9,6 +9,7 @@ names it, so the TPE sampler sees the same space everywhere.
 from __future__ import annotations
 
 import math
+import time
 
 PARAM = "hyperparams.learning_rate.value"  # the name runner.space gives the sampled constant
 LOW, HIGH = 1e-6, 1.0
@@ -22,6 +23,19 @@ def trivial(ctx) -> None:
     """This runner: reports ``loss`` every ``report_every`` steps and does nothing else."""
     lr = ctx.schedules["learning_rate"](0)
     for step in ctx.steps():
+        if ctx.report_due(step):
+            ctx.report(step + 1, loss=_loss(lr, step))
+
+
+WAIT_S = 0.05
+
+
+def waiting(ctx) -> None:
+    """``trivial`` whose every step waits ``WAIT_S``: a stand-in for an accelerator's step, during
+    which the CPU is idle, as it mostly is on a GPU node."""
+    lr = ctx.schedules["learning_rate"](0)
+    for step in ctx.steps():
+        time.sleep(WAIT_S)
         if ctx.report_due(step):
             ctx.report(step + 1, loss=_loss(lr, step))
 
