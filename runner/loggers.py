@@ -62,7 +62,7 @@ class Logger:
         """About once a second while events come, and at the end: make what was logged visible."""
 
     def close(self) -> None:
-        """Once, at the end of the sweep."""
+        """Once, at the end of the sweep; the loggers' process then exits (no ``atexit``)."""
 
 
 def build_loggers(configs: list["LoggerConfig"], source: str = "<config>") -> list[Logger]:
@@ -78,13 +78,13 @@ def build_loggers(configs: list["LoggerConfig"], source: str = "<config>") -> li
             extra = f"; pip install 'sweep-runner[{spec.kind}]'" if spec.kind in BUILTIN else ""
             raise ConfigError(f"{where}: {spec.kind} needs {exc.name}, which is not "
                               f"installed{extra}") from None
-        except (ImportError, AttributeError, TypeError, ValueError) as exc:
+        except Exception as exc:  # the user's class, built with the user's options
             raise ConfigError(f"{where}: {spec.kind}: {exc}") from None
     return loggers
 
 
 class LogFanout:
-    """An ``on_event`` that hands the driver's events to loggers on a background thread.
+    """Hands events to loggers on a background thread, in event order (in the loggers' process).
 
     Putting an event on the queue is all the driver pays; a logger that raises is switched off
     with one warning, so it can never stop a sweep.

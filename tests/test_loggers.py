@@ -209,7 +209,13 @@ def test_a_failing_logger_is_switched_off_and_the_others_go_on(tmp_path, caplog)
         "logger Broken failed and is off for the rest of the sweep: tracking server gone"]
 
 
+class Refusing(Logger):
+    def __init__(self) -> None:
+        raise RuntimeError("SLACK_TOKEN is not set")
+
+
 @pytest.mark.parametrize("loggers, message", [
+    (["tests.test_loggers:Refusing"], "loggers.0: tests.test_loggers:Refusing: SLACK_TOKEN is not set"),
     (["__main__:Mine"], "loggers.0.kind: loggers run in a process of their own, which cannot "
                         "import your script's __main__: put the class in a module and name that"),
     ([{"kind": "tb"}], "loggers.0.kind: expected tensorboard, mlflow or 'package.module:Class'"),
