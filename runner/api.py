@@ -52,7 +52,7 @@ def execute(config: SweepConfig, address: Optional[str], console: Console,
     a run dir that cannot be made or used.
     """
     from runner.driver import Sweep
-    from runner.loggers import LoggerProcess
+    from runner.loggers import IN_LOGGER_PROCESS, Loggers
     from runner.plots import plot_run
     from runner.progress import Progress
     from runner.ray_init import ray_session
@@ -61,17 +61,20 @@ def execute(config: SweepConfig, address: Optional[str], console: Console,
 
     import optuna
 
+    if os.environ.get(IN_LOGGER_PROCESS):  # a script's module-level run(), imported there
+        raise ConfigError("a sweep was started while a logger's process imported its module: "
+                          "call run() under `if __name__ == \"__main__\":`")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress output says it all
     check_run_dir(config, source)  # before Ray starts: a mistake costs nothing
     objective = config.objectives[0]
     run_dir = config.run_dir()
     on_claimed = ((lambda: RunDir(run_dir).write_text("config.yaml", config_text))
                   if config_text is not None else None)
-    with LoggerProcess(config.loggers, run_dir, config, source) as fanout, ray_session(address):
+    with Loggers(config, run_dir, source) as loggers, ray_session(address):
         with Progress(config.search.n_trials, objective.metric, objective.direction) as progress:
             def on_event(kind: str, info: dict) -> None:
                 progress(kind, info)
-                fanout(kind, info)
+                loggers(kind, info)
 
             sweep = Sweep(config, on_event=on_event, unpause=unpause, on_claimed=on_claimed,
                           exit_at_once=True, source=source)

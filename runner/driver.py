@@ -253,7 +253,7 @@ class Sweep:
         branch = {"parent": lineage["trial"], "rung": lineage["rung"]} \
             if (lineage or {}).get("rung") is not None else {}
         self.on_event("adopted", {"number": frozen.number, "paused": frozen.number in paused,
-                                  **branch})
+                                  "params": params, "specs": specs, **branch})
 
     # --- carrying out a lifecycle's actions ----------------------------------------------------
 

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 60.0
 FLUSH_S = 1.0  # how live the loggers are: each call to a tracking server costs CPU
-NICE = 10  # the loggers' process yields the CPU to the driver and the trials when both want it
+NICE = 10  # loggers' processes yield the CPU to the driver and the trials when both want it
+IN_LOGGER_PROCESS = "SWEEP_IN_LOGGER_PROCESS"  # set in a logger's process: no sweep starts there
 
 
 class Logger:
@@ -65,22 +66,18 @@ class Logger:
         """Once, at the end of the sweep; the loggers' process then exits (no ``atexit``)."""
 
 
-def build_loggers(configs: list["LoggerConfig"], source: str = "<config>") -> list[Logger]:
-    """The configured loggers, or a ConfigError naming ``loggers.N`` (unknown class, missing
-    extra, bad options): found before Ray starts."""
-    loggers = []
-    for index, spec in enumerate(configs):
-        where = f"{source}: loggers.{index}"
-        try:
-            cls = BUILTIN.get(spec.kind) or resolve_class(spec.kind, Logger)
-            loggers.append(cls(**spec.options))
-        except ModuleNotFoundError as exc:
-            extra = f"; pip install 'sweep-runner[{spec.kind}]'" if spec.kind in BUILTIN else ""
-            raise ConfigError(f"{where}: {spec.kind} needs {exc.name}, which is not "
-                              f"installed{extra}") from None
-        except Exception as exc:  # the user's class, built with the user's options
-            raise ConfigError(f"{where}: {spec.kind}: {exc}") from None
-    return loggers
+def build_logger(spec: "LoggerConfig", where: str) -> Logger:
+    """The configured logger, or a ConfigError naming ``where`` (``FILE: loggers.N``): unknown
+    class, missing extra, bad options, a constructor that raises."""
+    try:
+        cls = BUILTIN.get(spec.kind) or resolve_class(spec.kind, Logger)
+        return cls(**spec.options)
+    except ModuleNotFoundError as exc:
+        extra = f"; pip install 'sweep-runner[{spec.kind}]'" if spec.kind in BUILTIN else ""
+        raise ConfigError(f"{where}: {spec.kind} needs {exc.name}, which is not "
+                          f"installed{extra}") from None
+    except Exception as exc:  # the user's class, built with the user's options
+        raise ConfigError(f"{where}: {spec.kind}: {exc}") from None
 
 
 class LogFanout:
@@ -90,9 +87,10 @@ class LogFanout:
     with one warning, so it can never stop a sweep.
     """
 
-    def __init__(self, loggers: list[Logger], run_dir: str, config: "SweepConfig") -> None:
+    def __init__(self, loggers: list[Logger], run_dir: str, config: Optional["SweepConfig"],
+                 close_timeout_s: Optional[float] = CLOSE_TIMEOUT_S) -> None:
         self.loggers = list(loggers)
-        self.run_dir, self.config = run_dir, config
+        self.run_dir, self.config, self.close_timeout_s = run_dir, config, close_timeout_s
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.specs: dict[int, tuple[dict, dict]] = {}
         self.live: set[int] = set()  # trials started on a worker and not halted since
@@ -105,12 +103,12 @@ class LogFanout:
 
     def __exit__(self, *exc) -> None:
         self.events.put(None)
-        self.thread.join(CLOSE_TIMEOUT_S)
+        self.thread.join(self.close_timeout_s)
         if self.thread.is_alive():
             log.warning("loggers: still sending after %.0f s; the rest is dropped",
-                        CLOSE_TIMEOUT_S)
+                        self.close_timeout_s)
             return
-        self._each(Logger.close)
+        self._each(lambda lg: lg.close())
 
     def __call__(self, kind: str, info: dict, when: Optional[float] = None) -> None:
         if kind in _DISPATCH:
@@ -125,13 +123,13 @@ class LogFanout:
             except queue.Empty:
                 item = ()
             if item is None:
-                self._each(Logger.flush)
+                self._each(lambda lg: lg.flush())
                 return
             if item:
                 kind, info, when = item
                 _DISPATCH[kind](self, info, when)
             if time.monotonic() - flushed >= FLUSH_S:
-                self._each(Logger.flush)
+                self._each(lambda lg: lg.flush())
                 flushed = time.monotonic()
 
     def _each(self, call: Callable[[Logger], Any]) -> None:
@@ -179,79 +177,119 @@ class LogFanout:
                                                 info.get("error") or ""))
 
 
-_DISPATCH = {"queued": LogFanout._queued, "started": LogFanout._started,
+_DISPATCH = {"queued": LogFanout._queued, "adopted": LogFanout._queued,
+             "started": LogFanout._started,
              "report": LogFanout._report, "requeued": LogFanout._requeued,
              "paused": LogFanout._paused, "finished": LogFanout._finished}
 
 
-class LoggerProcess:
-    """The driver's ``on_event`` for the configured loggers, which run in a child process
-    (``python -m runner.loggers``, a ``LogFanout`` there) fed JSON lines through a pipe.
+class Loggers:
+    """The driver's ``on_event`` for the configured loggers, each in a process of its own.
 
-    Why a process: a logger's Python holds the driver's GIL (an MLflow run's SQL took 26 ms of
-    it per trial, more than a trivial trial), and a logger that crashes its interpreter or hangs
-    must not take the sweep with it. The driver pays a queue put; a thread writes the pipe, so a
-    lagging child never blocks the driver. The child builds the loggers first and answers on a
-    second pipe, so a bad logger is a ``ConfigError`` before Ray starts. If the driver dies, the
-    child still sends what it received, then exits (end of its input).
+    Why processes: a logger's Python would hold the driver's GIL (an MLflow run's SQL took
+    26 ms of it per trial, more than a trivial trial); and a logger that crashes its interpreter,
+    hangs or lags must not take the sweep, nor the other loggers, with it. All start at once
+    (their imports overlap) and each answers once it has built its logger, so a bad logger is a
+    ``ConfigError`` before Ray starts.
     """
 
-    def __init__(self, configs: list["LoggerConfig"], run_dir: str, config: "SweepConfig",
-                 source: str = "<config>") -> None:
-        self.configs, self.run_dir, self.config, self.source = configs, run_dir, config, source
+    def __init__(self, config: "SweepConfig", run_dir: str, source: str = "<config>") -> None:
+        self.processes = [LoggerProcess(index, run_dir, config, source)
+                          for index in range(len(config.loggers))]
+
+    def __enter__(self) -> "Loggers":
+        return self.start()
+
+    def start(self) -> "Loggers":
+        for process in self.processes:
+            process.launch()
+        try:
+            for process in self.processes:
+                process.wait_ready()
+        except ConfigError:
+            for process in self.processes:
+                process.abort()
+            raise
+        return self
+
+    def __call__(self, kind: str, info: dict) -> None:
+        if kind in _DISPATCH:
+            when = time.time()
+            for process in self.processes:
+                process.events.put((kind, info, when))
+
+    def __exit__(self, *exc) -> None:
+        for process in self.processes:
+            process.events.put(None)
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S  # for all of them together
+        for process in self.processes:
+            process.wait(deadline)
+
+
+class LoggerProcess:
+    """One logger in a child process (``python -m runner.loggers``, a ``LogFanout`` there), fed
+    the events as JSON lines through a pipe by a thread of the driver's, so a lagging child
+    never blocks the driver. If the driver dies, the child still sends what it received, then
+    exits (end of its input)."""
+
+    def __init__(self, index: int, run_dir: str, config: "SweepConfig", source: str) -> None:
+        self.index, self.run_dir, self.config, self.source = index, run_dir, config, source
+        self.name = f"loggers.{index} ({config.loggers[index].kind})"
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.proc: Optional[subprocess.Popen] = None
+        self.ready_fd = -1  # where the child answers, until read
         self.lost = False  # the child is gone and the user was told
-        self.thread = threading.Thread(target=self._feed, name="sweep-loggers-pipe", daemon=True)
+        self.thread = threading.Thread(target=self._feed, name=f"sweep-{self.name}", daemon=True)
 
-    def start(self) -> "LoggerProcess":
-        """Start the child and wait until it has built the loggers (raises ``ConfigError``)."""
-        if not self.configs:
-            return self
+    def launch(self) -> None:
         ready_r, ready_w = os.pipe()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+                   **{IN_LOGGER_PROCESS: "1"})
         self.proc = subprocess.Popen([sys.executable, "-m", "runner.loggers", str(ready_w)],
                                      stdin=subprocess.PIPE, pass_fds=(ready_w,), env=env)
         os.close(ready_w)
-        header = {"run_dir": self.run_dir, "source": self.source,
+        self.ready_fd = ready_r
+        header = {"index": self.index, "run_dir": self.run_dir, "source": self.source,
                   "config": self.config.model_dump(mode="json", exclude_unset=True)}
         try:
             self.proc.stdin.write(_line(header))
             self.proc.stdin.flush()
         except BrokenPipeError:
-            pass  # the child died at start: its answer below says so
-        with os.fdopen(ready_r) as ready:
+            pass  # the child died at start: its answer says so
+
+    def wait_ready(self) -> None:
+        """Wait until the child has built its logger (raises ``ConfigError``), then feed it."""
+        with os.fdopen(self.ready_fd) as ready:
+            self.ready_fd = -1
             answer = ready.read()
         if answer != "ok":
-            self.proc.stdin.close()
-            code = self.proc.wait()
             raise ConfigError(answer.removeprefix("error:") if answer.startswith("error:") else
-                              f"{self.source}: loggers: their process exited ({code}) at start")
+                              f"{self.source}: {self.name}: its process exited "
+                              f"({self.proc.wait()}) at start")
         self.thread.start()
-        return self
 
-    def __enter__(self) -> "LoggerProcess":
-        return self.start()
+    def abort(self) -> None:
+        """Stop the child at start (a logger could not be built): nothing was sent yet."""
+        self.lost = True  # nothing to say: the ConfigError says it
+        if self.ready_fd >= 0:
+            os.close(self.ready_fd)
+        self.proc.kill()
+        self.proc.wait()
+        self.events.put(None)  # ends the feeder, if it was started
 
-    def __exit__(self, *exc) -> None:
-        if self.proc is None:
-            return
-        self.events.put(None)
+    def wait(self, deadline: float) -> None:
+        """Once the end is queued: let the child send the rest until ``deadline``, then stop it."""
         try:
-            self.proc.wait(CLOSE_TIMEOUT_S)  # the child ends once the pipe is closed and drained
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.lost = True  # said here
-            log.warning("loggers: still sending after %.0f s; the rest is dropped",
-                        CLOSE_TIMEOUT_S)
+            log.warning("%s: still sending after %.0f s; the rest of its events is dropped",
+                        self.name, CLOSE_TIMEOUT_S)
             self.proc.kill()
             self.proc.wait()
-        self.thread.join()  # it has written the end, or found the pipe broken: the child is gone
+        self.thread.join()  # it has written the end, or found the pipe broken
         if self.proc.returncode:
             self._lose()
-
-    def __call__(self, kind: str, info: dict) -> None:
-        if self.proc is not None and kind in _DISPATCH:
-            self.events.put((kind, info, time.time()))
 
     def _feed(self) -> None:
         """Write queued events to the child, as many as are waiting in one write."""
@@ -273,11 +311,11 @@ class LoggerProcess:
         stdin.close()
 
     def _lose(self) -> None:
-        """Say once that the loggers' process died (a logger crashed its interpreter)."""
+        """Say once that the child died (its logger crashed the interpreter, or was killed)."""
         if not self.lost:
             self.lost = True
-            log.warning("loggers: their process ended (exit code %s); nothing more is logged "
-                        "in this sweep", self.proc.wait())
+            log.warning("%s: its process ended (exit code %s); nothing more is logged by it in "
+                        "this sweep", self.name, self.proc.wait())
 
 
 def _line(item: Any) -> bytes:
@@ -293,8 +331,8 @@ def _plain(value: Any) -> Any:
 
 
 def _child_main(ready_fd: int) -> int:
-    """The loggers' process: build them, answer ``ok`` (or ``error:LINE``) on ``ready_fd``,
-    then hand each event line to a ``LogFanout`` until the driver closes the pipe."""
+    """A logger's process: build it, answer ``ok`` (or ``error:LINE``) on ``ready_fd``, then
+    hand each event line to a ``LogFanout`` until the driver closes the pipe."""
     from runner.config import parse_config
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's; it closes the pipe
@@ -304,15 +342,17 @@ def _child_main(ready_fd: int) -> int:
         if not header:
             return 1
         header = json.loads(header)
+        index, source = header["index"], header["source"]
         try:
-            config = parse_config(header["config"], header["source"])
-            loggers = build_loggers(config.loggers, header["source"])
+            config = parse_config(header["config"], source)
+            logger = build_logger(config.loggers[index], f"{source}: loggers.{index}")
         except ConfigError as exc:
             ready.write(f"error:{exc}")
             return 2
         ready.write("ok")
     os.nice(NICE)
-    with LogFanout(loggers, header["run_dir"], config) as fanout:
+    # no deadline of its own: the driver's (CLOSE_TIMEOUT_S) ends this process
+    with LogFanout([logger], header["run_dir"], config, close_timeout_s=None) as fanout:
         for line in sys.stdin.buffer:
             kind, info, when = json.loads(line)
             fanout(kind, info, when)
@@ -333,8 +373,9 @@ def flat(prefix: str, value: Any) -> dict[str, Any]:
 class TensorBoardLogger(Logger):
     """Event files, one directory per trial (``RUN_DIR/tensorboard/trial-00007``), written with
     tensorboardX's record writer: metrics as scalars, hyperparameters under ``hyperparams/``,
-    restarts under ``sweep/``. A resumed trial's file purges the steps it will redo, so
-    TensorBoard shows what the history table holds. Written in place on the loggers' thread:
+    restarts under ``sweep/``. A trial's new file purges the steps it will redo, and a report
+    that goes back in steps (recovered from a checkpoint by a new driver) purges from its step,
+    so TensorBoard shows what the history table holds. Written in place on the loggers' thread:
     tensorboardX's ``SummaryWriter`` adds a process queue and a thread per writer, which cost
     a 16 ms trial 7 ms of the driver's CPU."""
 
@@ -345,6 +386,7 @@ class TensorBoardLogger(Logger):
         self.writers: dict[int, Any] = {}
         self.restarts: dict[int, int] = {}
         self.attempts: dict[int, int] = {}
+        self.last_step: dict[int, int] = {}  # the last step written to the trial's file
 
     def open(self, run_dir: str, config: "SweepConfig") -> None:
         if self.dir is None:
@@ -359,7 +401,6 @@ class TensorBoardLogger(Logger):
     def trial_started(self, number: int, *, step: int, resumed: bool, params: Optional[dict],
                       schedules: Optional[dict]) -> None:
         from tensorboardX.event_file_writer import EventsWriter
-        from tensorboardX.proto.event_pb2 import Event, SessionLog
         from tensorboardX.summary import text
 
         self._close(number)
@@ -367,11 +408,12 @@ class TensorBoardLogger(Logger):
         # overwrite the first file; names sort in attempt order
         attempt = self.attempts[number] = self.attempts.get(number, -1) + 1
         os.makedirs(self.logdir(number), exist_ok=True)
+        earlier = resumed or bool(os.listdir(self.logdir(number)))  # (a previous driver's)
         writer = self.writers[number] = EventsWriter(os.path.join(self.logdir(number), "events"),
                                                      filename_suffix=f".{attempt:04d}")
-        if resumed:  # TensorBoard drops what the file before logged past this step
-            writer.write_event(Event(step=step + 1, wall_time=time.time(),
-                                     session_log=SessionLog(status=SessionLog.START)))
+        self.last_step[number] = step
+        if earlier:
+            self._purge_from(number, step + 1)
         if params is not None:
             self._add(number, text("sweep/params", _markdown(flat("", params))), step)
         if schedules is not None:
@@ -381,6 +423,9 @@ class TensorBoardLogger(Logger):
                hyperparams: dict[str, float], time: float) -> None:
         from tensorboardX.summary import scalar
 
+        if step <= self.last_step.get(number, step - 1):
+            self._purge_from(number, step)
+        self.last_step[number] = step
         for name, value in metrics.items():
             self._add(number, scalar(name, value), step, time)
         for name, value in hyperparams.items():
@@ -399,7 +444,8 @@ class TensorBoardLogger(Logger):
         from tensorboardX.summary import text
 
         shown = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
-        self._add(number, text("sweep/result", f"{state} {shown} {error}".strip()), 0)
+        self._add(number, text("sweep/result", f"{state} {shown} {error}".strip()),
+                  self.last_step.pop(number, 0))
         self._close(number)
         self.restarts.pop(number, None)
         self.attempts.pop(number, None)
@@ -419,6 +465,15 @@ class TensorBoardLogger(Logger):
         if writer is not None:
             writer.write_event(Event(wall_time=walltime or time.time(), step=step,
                                      summary=summary))
+
+    def _purge_from(self, number: int, step: int) -> None:
+        """TensorBoard drops what earlier files and events logged at ``step`` and after."""
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+        writer = self.writers.get(number)
+        if writer is not None:
+            writer.write_event(Event(step=step, wall_time=time.time(),
+                                     session_log=SessionLog(status=SessionLog.START)))
 
     def _close(self, number: int) -> None:
         writer = self.writers.pop(number, None)
@@ -445,6 +500,7 @@ class MLflowLogger(Logger):
     def __init__(self, tracking_uri: Optional[str] = None, experiment: Optional[str] = None) -> None:
         # MLflow retries an unreachable server for minutes by default; the user's settings win
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # 2 lines a trial
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow.tracking import MlflowClient
 

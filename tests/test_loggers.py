@@ -188,6 +188,72 @@ def test_a_user_logger_by_import_path_hears_every_report_once_in_order(logged_ru
             {(s, k): v for s, m in last.items() for k, v in m.items()}
 
 
+class Flushing(Recorder):
+    def flush(self):
+        self._write("flush")
+
+    def close(self):
+        self._write("close")
+
+
+def test_loggers_are_flushed_and_closed_at_the_end(tmp_path):
+    """A stranger's find: flush() and close() were never called (the base class's were)."""
+    with LogFanout([Flushing(str(tmp_path / "calls.jsonl"))], str(tmp_path), None) as fanout:
+        fanout("started", {"number": 0, "step": 0, "resumed": False})
+    calls = [json.loads(line)[0] for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert calls == ["started", "flush", "close"]
+
+
+def test_mlflow_metrics_are_sent_by_a_flush_while_the_trial_runs(tmp_path):
+    """Live, and what a stop or a killed driver leaves to the last flush reaches MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    from runner.loggers import MLflowLogger
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    logger = MLflowLogger(tracking_uri=uri, experiment="live")
+    logger.open(str(tmp_path), None)
+    logger.trial_started(0, step=0, resumed=False, params={"width": 8},
+                         schedules={"learning_rate": {"kind": "constant", "value": 0.1}})
+    logger.report(0, 2, {"loss": 1.5}, {"learning_rate": 0.1}, time.time())
+    logger.flush()
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("live").experiment_id])[0]
+    assert run.info.status == "RUNNING" and run.data.params == {
+        "width": "8", "schedule.learning_rate.kind": "constant",
+        "schedule.learning_rate.value": "0.1"}
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")] == [
+        (2, 1.5)]
+
+
+def _tensorboard_steps(logdir) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    return [e.step for e in events.Scalars("loss")]
+
+
+@pytest.mark.parametrize("resumed_at", [20, 0])
+def test_a_new_drivers_tensorboard_file_purges_what_it_redoes(tmp_path, resumed_at):
+    """A stranger's find: after a driver's kill -9, the new driver's reports recovered from a
+    checkpoint of step 20 (already logged live by the old driver's logger) showed twice; so
+    did a trial redone from step 0."""
+    from runner.loggers import TensorBoardLogger
+
+    first = TensorBoardLogger(dir=str(tmp_path))  # the killed driver's logger
+    first.trial_started(0, step=0, resumed=False, params={}, schedules={})
+    for step in (10, 20, 30):
+        first.report(0, step, {"loss": 1.0 / step}, {}, time.time())
+    first.close()
+    second = TensorBoardLogger(dir=str(tmp_path))  # a new driver: `sweep resume`
+    second.trial_started(0, step=resumed_at, resumed=bool(resumed_at), params={}, schedules={})
+    for step in (10, 20, 30, 40):  # recovered (10, 20), or redone, then new
+        second.report(0, step, {"loss": 1.0 / step}, {}, time.time())
+    second.trial_finished(0, "COMPLETE", {"loss": 0.025}, "")
+    assert _tensorboard_steps(tmp_path / "trial-00000") == [10, 20, 30, 40]
+
+
 class Broken(Logger):
     def report(self, number, step, metrics, hyperparams, time):
         raise RuntimeError("tracking server gone")
@@ -331,13 +397,15 @@ def test_loggers_run_in_their_own_process_and_its_crash_leaves_the_sweep_whole(r
     assert opened["pid"] != os.getpid() and opened["parent"] == os.getpid()
     assert list(result.trials.state) == ["COMPLETE"] * 3
     assert [r.getMessage() for r in caplog.records if r.name == "runner.loggers"] == [
-        "loggers: their process ended (exit code 3); nothing more is logged in this sweep"]
-    # what reached the loggers before the crash was written: trial 0 whole
+        "loggers.1 (tests.test_loggers:Crashing): its process ended (exit code 3); nothing more "
+        "is logged by it in this sweep"]
+    # each logger has a process of its own: TensorBoard logged every trial whole
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "trial-00000"))
-    events.Reload()
-    assert [e.step for e in events.Scalars("loss")] == [2, 4, 6]
+    for number in range(3):
+        events = EventAccumulator(str(tmp_path / "run" / "tensorboard" / f"trial-{number:05d}"))
+        events.Reload()
+        assert [e.step for e in events.Scalars("loss")] == [2, 4, 6]
 
 
 class PidRecorder(Recorder):
@@ -381,3 +449,17 @@ def test_a_killed_drivers_loggers_send_what_they_had_and_exit(ray_local, tmp_pat
     assert _gone(int(pid_path.read_text()), 60)
     mine = [c for c in map(json.loads, calls.read_text().splitlines()) if c[1] == 0]
     assert [c[0] for c in mine] == ["started"] + ["report"] * (STEPS // 2) + ["finished"]
+
+
+def test_a_script_that_runs_a_sweep_when_its_logger_is_imported_is_one_error(ray_local,
+                                                                              tmp_path):
+    """A stranger's find: a logger in a script without a __main__ guard started a sweep in each
+    logger's process, which started another: processes without end, and no word."""
+    done = subprocess.run([sys.executable, "-m", "tests.unguarded_script", str(tmp_path / "run")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "runner.config.ConfigError: <dict>: loggers.0: tests.unguarded_script:Mine: a sweep was "
+        "started while a logger's process imported its module: call run() under "
+        "`if __name__ == \"__main__\":`")
+    assert not (tmp_path / "run").exists()

@@ -160,11 +160,11 @@ def run_runner(spec: dict, work: str) -> dict:
             if kind == "finished":
                 done.append(time.perf_counter())
 
-        from runner.loggers import LoggerProcess
+        from runner.loggers import Loggers
 
         # starting the loggers' process (imports, MLflow creating its tables) is not timed;
         # sending is
-        fanout = LoggerProcess(config.loggers, config.run_dir(), config).start()
+        fanout = Loggers(config, config.run_dir()).start()
 
         def logged(kind: str, info: dict) -> None:
             fanout(kind, info)
