@@ -279,6 +279,7 @@ def importances_figure(run_dir: str, metric: str) -> Figure | str:
             target_name=metric)
     fig = ax.figure
     fig.set_size_inches(*SIZE)
+    ax.set_title("", loc="left")  # optuna's own title, which ours would overlap
     ax.set_title(f"parameter importances for {metric} ({len(done)} completed trials)")
     return fig
 
@@ -293,7 +294,8 @@ def describe(fig: Figure) -> dict:
                    for coll in ax.collections if not coll.get_label().startswith("_")]
         series += [{"label": bar.get_label(), "points": len(bar)} for bar in ax.containers
                    if not bar.get_label().startswith("_")]
-        axes.append({"title": ax.get_title(), "xlabel": ax.get_xlabel(),
+        axes.append({"title": ax.get_title(), "side_titles": [ax.get_title(loc) for loc in (
+                         "left", "right") if ax.get_title(loc)], "xlabel": ax.get_xlabel(),
                      "ylabel": ax.get_ylabel(), "xscale": ax.get_xscale(),
                      "yscale": ax.get_yscale(), "series": series,
                      "yticklabels": [t.get_text() for t in ax.get_yticklabels() if t.get_text()]})

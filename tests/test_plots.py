@@ -74,6 +74,7 @@ def test_plots_survive_a_diverged_trial_and_show_pruned_ones(tmp_path):
     assert schedule["ylabel"] == "learning_rate" and len(schedule["series"]) == 3
     (importances,) = _shown(plots.paths[3])
     assert importances["yticklabels"] == ["hyperparams.learning_rate.value"]
+    assert importances["side_titles"] == []  # optuna's title, over ours (a stranger's find)
 
 
 def test_no_completed_trial_gives_a_note_and_no_png(tmp_path, capsys):
