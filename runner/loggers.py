@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 60.0
-BATCH_S = 0.05  # events the driver hands a logger's process in one write
 FLUSH_S = 1.0  # how live the loggers are: each call to a tracking server costs CPU
 NICE = 10  # loggers' processes yield the CPU to the driver and the trials when both want it
 IN_LOGGER_PROCESS = "SWEEP_IN_LOGGER_PROCESS"  # set in a logger's process: no sweep starts there
@@ -293,13 +292,11 @@ class LoggerProcess:
             self._lose()
 
     def _feed(self) -> None:
-        """Write queued events to the child, those of ``BATCH_S`` in one write: one wakeup of
-        this thread per batch, not per event (each would take the GIL from the driver)."""
+        """Write queued events to the child, as many as are waiting in one write. At once: a
+        driver killed -9 loses to its loggers only what it had not yet handed over."""
         stdin, done = self.proc.stdin, False
         while not done:
             batch = [self.events.get()]
-            if batch[0] is not None:
-                time.sleep(BATCH_S)  # let the events that follow this one gather
             while True:
                 try:
                     batch.append(self.events.get_nowait())
