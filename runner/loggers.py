@@ -422,15 +422,17 @@ class TensorBoardLogger(Logger):
 
     def report(self, number: int, step: int, metrics: dict[str, float],
                hyperparams: dict[str, float], time: float) -> None:
-        from tensorboardX.summary import scalar
+        from tensorboardX.proto.summary_pb2 import Summary
 
         if step <= self.last_step.get(number, step - 1):
             self._purge_from(number, step)
         self.last_step[number] = step
-        for name, value in metrics.items():
-            self._add(number, scalar(name, value), step, time)
-        for name, value in hyperparams.items():
-            self._add(number, scalar(f"hyperparams/{name}", value), step, time)
+        # one event for the report, its values as simple_value scalars (what tensorboardX's
+        # scalar() makes, without its numpy checks: half the logger's CPU)
+        values = [Summary.Value(tag=name, simple_value=value) for name, value in metrics.items()]
+        values += [Summary.Value(tag=f"hyperparams/{name}", simple_value=value)
+                   for name, value in hyperparams.items()]
+        self._add(number, Summary(value=values), step, time)
 
     def restarted(self, number: int, why: str, from_step: int) -> None:
         from tensorboardX.summary import scalar, text
