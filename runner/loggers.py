@@ -275,7 +275,11 @@ class LoggerProcess:
             os.close(self.ready_fd)
         self.proc.kill()
         self.proc.wait()
-        self.events.put(None)  # ends the feeder, if it was started
+        if self.thread.ident:  # fed already: its feeder ends on the broken pipe
+            self.events.put(None)
+            self.thread.join()
+        else:
+            self.proc.stdin.close()
 
     def wait(self, deadline: float) -> None:
         """Once the end is queued: let the child send the rest until ``deadline``, then stop it."""

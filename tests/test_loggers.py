@@ -289,6 +289,8 @@ class Refusing(Logger):
      "loggers.0.options.logdir: unknown option of the tensorboard logger (known: dir)"),
     (["tests.nowhere:Logger"], "loggers.0: tests.nowhere:Logger needs tests.nowhere, which is "
                                "not installed"),
+    (["tensorboard", "tests.nowhere:Logger"], "loggers.1: tests.nowhere:Logger needs "
+                                              "tests.nowhere, which is not installed"),
     (["tests.test_loggers:Nope"], "loggers.0: tests.test_loggers:Nope: module "),
     (["tests.trainables:Tally"], "loggers.0: tests.trainables:Tally: expected a subclass of "
                                  "runner.loggers.Logger"),
