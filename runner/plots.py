@@ -280,7 +280,8 @@ def importances_figure(run_dir: str, metric: str) -> Figure | str:
     fig = ax.figure
     fig.set_size_inches(*SIZE)
     ax.set_title("", loc="left")  # optuna's own title, which ours would overlap
-    ax.set_title(f"parameter importances for {metric} ({len(done)} completed trials)")
+    ax.set_title(f"parameter importances for {metric} ({len(done)} completed trials)",
+                 fontsize="medium")  # the long tick labels leave the axes narrow
     return fig
 
 
