@@ -122,8 +122,11 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         config = config.model_copy(update={"max_concurrent": args.max_concurrent})
     if args.dry_run:
         from runner.api import check_run_dir
+        from runner.loggers import Loggers
 
         check_run_dir(config, args.config)
+        with Loggers(config, config.run_dir(), args.config):  # each built (and not opened)
+            pass
         return _dry_run(config, console)
     return _execute(config, args.address, console, config_text=_read_text(args.config),
                     source=args.config)

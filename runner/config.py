@@ -240,6 +240,16 @@ class SweepConfig(_Strict):
             return [{"kind": v} if isinstance(v, str) else v for v in value]
         return value
 
+    @field_validator("loggers")
+    @classmethod
+    def _distinct(cls, loggers: list[LoggerConfig]) -> list[LoggerConfig]:
+        """Two alike would write the same files or runs, each over the other."""
+        for index, spec in enumerate(loggers):
+            if spec in loggers[:index]:
+                raise ValueError(f"loggers.{index} is the same as "
+                                 f"loggers.{loggers.index(spec)}; keep one")
+        return loggers
+
     @field_validator("trainable")
     @classmethod
     def _import_path(cls, value: str) -> str:

@@ -9,6 +9,7 @@ run costs more than a trivial trial) is never the driver's.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from runner.config import ConfigError
@@ -245,7 +247,8 @@ class LoggerProcess:
         ready_r, ready_w = os.pipe()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
                    **{IN_LOGGER_PROCESS: "1"})
-        self.proc = subprocess.Popen([sys.executable, "-m", "runner.loggers", str(ready_w)],
+        label = f"loggers.{self.index}:{self.config.loggers[self.index].kind}"  # for ps
+        self.proc = subprocess.Popen([sys.executable, "-m", "runner.loggers", str(ready_w), label],
                                      stdin=subprocess.PIPE, pass_fds=(ready_w,), env=env)
         os.close(ready_w)
         self.ready_fd = ready_r
@@ -335,13 +338,14 @@ def _plain(value: Any) -> Any:
         return str(value)
 
 
-def _child_main(ready_fd: int) -> int:
+def _child_main(ready_fd: int, label: str) -> int:
     """A logger's process: build it, answer ``ok`` (or ``error:LINE``) on ``ready_fd``, then
     hand each event line to a ``LogFanout`` until the driver closes the pipe."""
     from runner.config import parse_config
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's; it closes the pipe
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING,
+                        format=f"%(levelname)s %(name)s ({label}): %(message)s")
     with os.fdopen(ready_fd, "w") as ready:
         header = sys.stdin.buffer.readline()
         if not header:
@@ -356,9 +360,12 @@ def _child_main(ready_fd: int) -> int:
             return 2
         ready.write("ok")
     os.nice(NICE)
+    first = sys.stdin.buffer.readline()
+    if not first:  # no event: a dry run, or another logger refused at start
+        return 0
     # no deadline of its own: the driver's (CLOSE_TIMEOUT_S) ends this process
     with LogFanout([logger], header["run_dir"], config, close_timeout_s=None) as fanout:
-        for line in sys.stdin.buffer:
+        for line in itertools.chain([first], sys.stdin.buffer):
             kind, info, when = json.loads(line)
             fanout(kind, info, when)
     return 0
@@ -387,6 +394,9 @@ class TensorBoardLogger(Logger):
     def __init__(self, dir: Optional[str] = None) -> None:  # noqa: A002  (the config's key)
         import tensorboardX  # noqa: F401  (fail at config time when the extra is missing)
 
+        if dir is not None and not isinstance(dir, str):
+            raise ValueError(f"dir: expected a path, got {dir!r}")
+
         self.dir = dir
         self.writers: dict[int, Any] = {}
         self.restarts: dict[int, int] = {}
@@ -399,6 +409,8 @@ class TensorBoardLogger(Logger):
                 raise ValueError(f"the run dir {run_dir} is not local: set the tensorboard "
                                  f"logger's dir option")
             self.dir = os.path.join(run_dir, "tensorboard")
+        else:  # shared by sweeps, perhaps: each in a folder named as its run dir
+            self.dir = os.path.join(self.dir, os.path.basename(run_dir.rstrip("/")))
 
     def logdir(self, number: int) -> str:
         return os.path.join(self.dir, f"trial-{number:05d}")
@@ -499,120 +511,175 @@ class MLflowLogger(Logger):
     """One MLflow run per trial in experiment ``experiment`` (default: the sweep's name), through
     ``MlflowClient`` (no global active run, so concurrent trials cannot mix): params and schedule
     specs as params, every report as metrics, restarts as the ``sweep/restarts`` metric and tags,
-    the state as the run's status and ``sweep.state`` tag. Reports are batched per trial.
+    the state as the run's status and ``sweep.state`` tag.
 
-    A resumed trial continues its run (found by its tags); reports it redoes after a restart
-    repeat identical values, so steps already logged are not logged again."""
+    Everything goes at ``flush`` (about once a second), from a per-trial outbox that keeps what
+    MLflow did not take: a tracking server that is down or restarting delays the data, it does
+    not lose it (at the sweep's end, what is still held is counted in a warning). A resumed trial
+    continues its run (found by its tags); reports it redoes after a restart repeat identical
+    values, so steps already logged are not logged again."""
 
     def __init__(self, tracking_uri: Optional[str] = None, experiment: Optional[str] = None) -> None:
+        for key, value in (("tracking_uri", tracking_uri), ("experiment", experiment)):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{key}: expected a string, got {value!r}")
         # MLflow retries an unreachable server for minutes by default; the user's settings win
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # 2 lines a trial
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # 2 lines a trial
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # our warning says it
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
         self.experiment = experiment
         self.experiment_id = ""
         self.run_dir = ""
-        self.runs: dict[int, str] = {}
-        self.logged: dict[int, int] = {}  # the last step logged per trial
-        self.restarts: dict[int, int] = {}
-        self.pending: dict[str, list] = {}  # metrics not yet sent, per run
-        self.params: dict[str, list] = {}  # params not yet sent, per run
+        self.boxes: dict[int, _Outbox] = {}  # per trial, until its run is ended
+        self.failing = ""  # why the last send failed, while it does
 
     def open(self, run_dir: str, config: "SweepConfig") -> None:
         self.run_dir = run_dir if "://" in run_dir else os.path.abspath(run_dir)
-        name = self.experiment or config.name
-        found = self.client.get_experiment_by_name(name)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(name)
+        self.experiment = self.experiment or config.name
 
     def trial_started(self, number: int, *, step: int, resumed: bool, params: Optional[dict],
                       schedules: Optional[dict]) -> None:
         from mlflow.entities import Param
 
-        if number in self.runs:  # back after a restart in this sweep
+        if number in self.boxes:  # back after a restart in this sweep
             return
-        run_id = self._find(number) if resumed else None
-        if run_id is None:
-            tags = {"sweep.trial": str(number), "sweep.run_dir": self.run_dir,
-                    "mlflow.runName": f"trial-{number}"}
-            run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
-            fields = {**flat("", params or {}), **flat("schedule", schedules or {})}
-            self.params[run_id] = [Param(k, str(v)) for k, v in fields.items()]  # sent with
-            # the first metrics: each MLflow call costs a trivial trial's worth of CPU
-        else:
-            self.client.update_run(run_id, status="RUNNING")
-        self.runs[number] = run_id
-
-    def _find(self, number: int) -> Optional[str]:
-        """The run a previous driver started for this trial, if any."""
-        runs = self.client.search_runs(
-            [self.experiment_id], max_results=1,
-            filter_string=f"tags.`sweep.trial` = '{number}' and "
-                          f"tags.`sweep.run_dir` = '{self.run_dir}'")
-        if not runs:
-            return None
-        run = runs[0]
-        self.logged[number] = max((m.step for m in self.client.get_metric_history(
-            run.info.run_id, _first_metric(run))), default=-1)
-        return run.info.run_id
+        fields = {**flat("", params or {}), **flat("schedule", schedules or {})}
+        self.boxes[number] = _Outbox(resumed, params=[Param(k, str(v)) for k, v in fields.items()])
 
     def report(self, number: int, step: int, metrics: dict[str, float],
                hyperparams: dict[str, float], time: float) -> None:
         from mlflow.entities import Metric
 
-        run_id = self.runs.get(number)
-        if run_id is None or step <= self.logged.get(number, -1):
+        box = self.boxes.get(number)
+        if box is None or step <= box.logged:
             return
-        self.logged[number] = step
-        stamp = int(time * 1000)
-        batch = self.pending.setdefault(run_id, [])
-        batch += [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
-        batch += [Metric(f"hyperparams/{k}", float(v), stamp, step) for k, v in hyperparams.items()]
+        box.logged, stamp = step, int(time * 1000)
+        box.reports.append((step, [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+                            + [Metric(f"hyperparams/{k}", float(v), stamp, step)
+                               for k, v in hyperparams.items()]))
 
     def restarted(self, number: int, why: str, from_step: int) -> None:
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import Metric
 
-        run_id = self.runs.get(number)
-        if run_id is None:
+        box = self.boxes.get(number)
+        if box is None:
             return
-        count = self.restarts[number] = self.restarts.get(number, 0) + 1
-        self.pending.setdefault(run_id, []).append(
-            Metric("sweep/restarts", count, int(time.time() * 1000), from_step))
-        self._send(run_id, [RunTag("sweep.restarts", str(count)),
-                            RunTag("sweep.last_restart", f"{why}, from step {from_step}")])
+        box.restarts += 1
+        box.metrics.append(Metric("sweep/restarts", box.restarts, int(time.time() * 1000),
+                                  from_step))
+        box.tags.update({"sweep.restarts": str(box.restarts),
+                         "sweep.last_restart": f"{why}, from step {from_step}"})
 
     def trial_finished(self, number: int, state: str, values: dict[str, float],
                        error: str) -> None:
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import Metric
 
-        run_id = self.runs.pop(number, None)
-        if run_id is None:
+        box = self.boxes.get(number)
+        if box is None:
             return
         stamp = int(time.time() * 1000)
-        self.pending.setdefault(run_id, []).extend(
-            Metric(f"value/{k}", float(v), stamp, 0) for k, v in values.items())
-        tags = [RunTag("sweep.state", state)] + ([RunTag("sweep.error", error[:5000])] if error
-                                                 else [])
-        self._send(run_id, tags)
-        self.client.set_terminated(run_id, MLFLOW_STATUS.get(state, "FAILED"))
-        self.logged.pop(number, None)
-        self.restarts.pop(number, None)
+        box.metrics += [Metric(f"value/{k}", float(v), stamp, 0) for k, v in values.items()]
+        box.tags["sweep.state"] = state
+        if error:
+            box.tags["sweep.error"] = error[:5000]
+        box.status = MLFLOW_STATUS.get(state, "FAILED")
 
     def flush(self) -> None:
-        for run_id in {**self.params, **self.pending}:
-            self._send(run_id)
+        """Send every trial's outbox; at the first failure keep the rest for the next flush
+        (that trial goes last, so one that MLflow refuses cannot hold the others)."""
+        for number in list(self.boxes):
+            try:
+                self._send(number, self.boxes[number])
+            except Exception as exc:  # a server down, restarting, or refusing this trial's data
+                self.boxes[number] = self.boxes.pop(number)
+                if not self.failing:
+                    log.warning("MLflow: sending failed (%s); the data is held and sent again "
+                                "each second", _short(exc))
+                self.failing = _short(exc)
+                return
+        if self.failing:
+            log.warning("MLflow: sending works again; the held data is sent")
+            self.failing = ""
 
-    def _send(self, run_id: str, tags: list = ()) -> None:
-        """The run's pending params and metrics, and ``tags``, in as few calls as MLflow's
-        limits allow (per call: 100 params, 100 tags, 1000 entities in all)."""
-        params, metrics, tags = self.params.pop(run_id, []), self.pending.pop(run_id, []), list(tags)
-        while params or metrics or tags:
-            p, params, t, tags = params[:100], params[100:], tags[:100], tags[100:]
-            room = 1000 - len(p) - len(t)
-            m, metrics = metrics[:room], metrics[room:]
-            self.client.log_batch(run_id, metrics=m, params=p, tags=t)
+    def close(self) -> None:
+        unsent = [box for box in self.boxes.values() if box.owes()]
+        if unsent:
+            log.warning("MLflow: %d trials' data could not be sent: %s", len(unsent),
+                        self.failing)
+
+    def _send(self, number: int, box: "_Outbox") -> None:
+        """The trial's run (made or found first), then its outbox in as few calls as MLflow's
+        limits allow (per call 100 params, 100 tags, 1000 entities in all), each part dropped
+        from the outbox once MLflow has it; the run is ended once the trial is."""
+        from mlflow.entities import RunTag
+
+        if box.run_id is None:
+            self._open_run(number, box)
+        if box.reopen:
+            self.client.update_run(box.run_id, status="RUNNING")
+            box.reopen = False
+        box.metrics[:0] = [m for _, metrics in box.reports for m in metrics]
+        box.reports = []
+        tags = [RunTag(k, v) for k, v in box.tags.items()]
+        while box.params or box.metrics or tags:
+            p, t = box.params[:100], tags[:100]
+            m = box.metrics[:1000 - len(p) - len(t)]
+            self.client.log_batch(box.run_id, metrics=m, params=p, tags=t)
+            del box.params[:len(p)], box.metrics[:len(m)], tags[:len(t)]
+            for tag in t:
+                box.tags.pop(tag.key, None)
+        if box.status is not None:
+            self.client.set_terminated(box.run_id, box.status)
+            del self.boxes[number]
+
+    def _open_run(self, number: int, box: "_Outbox") -> None:
+        if not self.experiment_id:
+            found = self.client.get_experiment_by_name(self.experiment)
+            self.experiment_id = (found.experiment_id if found else
+                                  self.client.create_experiment(self.experiment))
+        runs = self.client.search_runs(
+            [self.experiment_id], max_results=1,
+            filter_string=f"tags.`sweep.trial` = '{number}' and "
+                          f"tags.`sweep.run_dir` = '{self.run_dir}'") if box.resumed else []
+        if runs:  # a previous driver's: its params are there, and its steps up to the last
+            run = runs[0]
+            last = max((m.step for m in self.client.get_metric_history(
+                run.info.run_id, _first_metric(run))), default=-1)
+            box.run_id, box.params, box.reopen = run.info.run_id, [], True
+            box.reports = [(step, metrics) for step, metrics in box.reports if step > last]
+            box.logged = max(box.logged, last)
+        else:
+            tags = {"sweep.trial": str(number), "sweep.run_dir": self.run_dir,
+                    "mlflow.runName": f"trial-{number}"}
+            box.run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
+
+
+@dataclass
+class _Outbox:
+    """What a trial's MLflow run is still owed."""
+
+    resumed: bool  # a previous driver may have made its run
+    params: list
+    run_id: Optional[str] = None
+    reopen: bool = False  # a previous driver's run, to mark RUNNING again
+    logged: int = -1  # the last report step taken (sent, held, or in MLflow)
+    reports: list = field(default_factory=list)  # (step, its metrics), not yet sent
+    metrics: list = field(default_factory=list)  # restarts, values, and reports being sent
+    tags: dict = field(default_factory=dict)
+    restarts: int = 0
+    status: Optional[str] = None  # the trial ended: end the run once the rest is sent
+
+    def owes(self) -> bool:
+        return bool(self.run_id is None or self.params or self.reports or self.metrics or
+                    self.tags or self.status)
+
+
+def _short(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
 
 
 def _first_metric(run: Any) -> str:
@@ -627,7 +694,7 @@ BUILTIN: dict[str, type[Logger]] = {"tensorboard": TensorBoardLogger, "mlflow": 
 if __name__ == "__main__":
     from runner import loggers  # not this __main__ copy: user loggers subclass runner.loggers'
 
-    code = loggers._child_main(int(sys.argv[1]))
+    code = loggers._child_main(int(sys.argv[1]), sys.argv[2])
     sys.stdout.flush()
     sys.stderr.flush()
     # every logger is closed: skip the interpreter's teardown of what they imported

@@ -226,6 +226,65 @@ def test_mlflow_metrics_are_sent_by_a_flush_while_the_trial_runs(tmp_path):
         (2, 1.5)]
 
 
+def test_mlflow_holds_what_a_failing_server_did_not_take_and_sends_it_later(tmp_path, caplog):
+    """A stranger's find: a tracking server restarting for 8 s switched MLflow off for the rest
+    of the sweep (the run in flight left RUNNING, later trials without runs)."""
+    from mlflow.tracking import MlflowClient
+
+    from runner.loggers import MLflowLogger
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    logger = MLflowLogger(tracking_uri=uri, experiment="outage")
+    logger.open(str(tmp_path), None)
+    logger.trial_started(0, step=0, resumed=False, params={"width": 8}, schedules={})
+    logger.report(0, 2, {"loss": 2.0}, {}, time.time())
+    logger.flush()
+    real = logger.client.log_batch
+
+    def down(*args, **kwargs):
+        raise ConnectionError("Connection refused")
+
+    logger.client.log_batch = down  # the server goes away
+    logger.report(0, 4, {"loss": 1.0}, {}, time.time())
+    logger.restarted(0, "lost", 4)
+    logger.trial_finished(0, "COMPLETE", {"loss": 1.0}, "")
+    logger.trial_started(1, step=0, resumed=False, params={"width": 16}, schedules={})
+    logger.report(1, 2, {"loss": 3.0}, {}, time.time())
+    logger.flush()
+    logger.flush()
+    logger.client.log_batch = real  # and comes back
+    logger.flush()
+    logger.trial_finished(1, "PRUNED", {"loss": 3.0}, "")
+    logger.flush()
+    logger.close()
+    assert [r.getMessage() for r in caplog.records if r.name == "runner.loggers"] == [
+        "MLflow: sending failed (Connection refused); the data is held and sent again each "
+        "second", "MLflow: sending works again; the held data is sent"]
+    client = MlflowClient(uri)
+    runs = {int(r.data.tags["sweep.trial"]): r for r in client.search_runs(
+        [client.get_experiment_by_name("outage").experiment_id])}
+    assert {n: r.info.status for n, r in runs.items()} == {0: "FINISHED", 1: "KILLED"}
+    assert runs[0].data.tags["sweep.last_restart"] == "lost, from step 4"
+    assert runs[1].data.params == {"width": "16"}
+    history = {n: [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "loss")]
+               for n, r in runs.items()}
+    assert history == {0: [(2, 2.0), (4, 1.0)], 1: [(2, 3.0)]}
+
+
+def test_sweeps_sharing_a_tensorboard_dir_each_have_a_folder(tmp_path):
+    """A stranger's find: two sweeps with the same dir option wrote the same trial folders."""
+    from runner.loggers import TensorBoardLogger
+
+    for run_dir in ("runs/a", "runs/b/"):
+        logger = TensorBoardLogger(dir=str(tmp_path / "tb"))
+        logger.open(run_dir, None)
+        logger.trial_started(0, step=0, resumed=False, params={}, schedules={})
+        logger.report(0, 1, {"loss": 1.0}, {}, time.time())
+        logger.close()
+    assert sorted(os.listdir(tmp_path / "tb")) == ["a", "b"]
+    assert _tensorboard_steps(tmp_path / "tb" / "a" / "trial-00000") == [1]
+
+
 def _tensorboard_steps(logdir) -> list[int]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -291,6 +350,9 @@ class Refusing(Logger):
                                "not installed"),
     (["tensorboard", "tests.nowhere:Logger"], "loggers.1: tests.nowhere:Logger needs "
                                               "tests.nowhere, which is not installed"),
+    (["tensorboard", "tensorboard"], "loggers: loggers.1 is the same as loggers.0; keep one"),
+    ([{"kind": "mlflow", "options": {"experiment": 5}}],
+     "loggers.0: mlflow: experiment: expected a string, got 5"),
     (["tests.test_loggers:Nope"], "loggers.0: tests.test_loggers:Nope: module "),
     (["tests.trainables:Tally"], "loggers.0: tests.trainables:Tally: expected a subclass of "
                                  "runner.loggers.Logger"),
@@ -307,10 +369,11 @@ def test_a_bad_logger_is_one_line_naming_the_file_and_key(tmp_path, capsys, logg
         "search": {"n_trials": 1}, "storage": str(tmp_path / "run"),
         "hyperparams": {"learning_rate": {"kind": "constant", "value": 0.1}},
         "loggers": loggers}))
-    assert main(["run", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"sweep: {path}: {message}") and err.count("\n") == 1, err
-    assert not (tmp_path / "run").exists()
+    for dry_run in ([], ["--dry-run"]):  # a dry run builds the loggers too (a stranger's find)
+        assert main(["run", str(path), *dry_run]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"sweep: {path}: {message}") and err.count("\n") == 1, err
+        assert not (tmp_path / "run").exists()
 
 
 class Opening(Logger):
