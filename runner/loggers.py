@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -407,8 +408,11 @@ class TensorBoardLogger(Logger):
                 raise ValueError(f"the run dir {run_dir} is not local: set the tensorboard "
                                  f"logger's dir option")
             self.dir = os.path.join(run_dir, "tensorboard")
-        else:  # shared by sweeps, perhaps: each in a folder named as its run dir
-            self.dir = os.path.join(self.dir, os.path.basename(run_dir.rstrip("/")))
+        else:  # shared by sweeps, perhaps: a folder per run dir, named by sweep and a hash of
+            # the run dir's path (run dirs often end alike: .../a/run, .../b/run)
+            where = run_dir if "://" in run_dir else os.path.abspath(run_dir)
+            name = config.name if config is not None else os.path.basename(where.rstrip("/"))
+            self.dir = os.path.join(self.dir, f"{name}-{zlib.crc32(where.encode()):08x}")
 
     def logdir(self, number: int) -> str:
         return os.path.join(self.dir, f"trial-{number:05d}")

@@ -275,14 +275,17 @@ def test_sweeps_sharing_a_tensorboard_dir_each_have_a_folder(tmp_path):
     """A stranger's find: two sweeps with the same dir option wrote the same trial folders."""
     from runner.loggers import TensorBoardLogger
 
-    for run_dir in ("runs/a", "runs/b/"):
+    import zlib
+
+    for run_dir in (tmp_path / "a" / "run", tmp_path / "b" / "run"):  # alike at the end
         logger = TensorBoardLogger(dir=str(tmp_path / "tb"))
-        logger.open(run_dir, None)
+        logger.open(str(run_dir), None)
         logger.trial_started(0, step=0, resumed=False, params={}, schedules={})
         logger.report(0, 1, {"loss": 1.0}, {}, time.time())
         logger.close()
-    assert sorted(os.listdir(tmp_path / "tb")) == ["a", "b"]
-    assert _tensorboard_steps(tmp_path / "tb" / "a" / "trial-00000") == [1]
+    folders = sorted(f"run-{zlib.crc32(str(tmp_path / d / 'run').encode()):08x}" for d in "ab")
+    assert sorted(os.listdir(tmp_path / "tb")) == folders
+    assert _tensorboard_steps(tmp_path / "tb" / folders[0] / "trial-00000") == [1]
 
 
 def _tensorboard_steps(logdir) -> list[int]:
