@@ -246,8 +246,8 @@ class LoggerProcess:
         ready_r, ready_w = os.pipe()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
                    **{IN_LOGGER_PROCESS: "1"})
-        label = f"loggers.{self.index}:{self.config.loggers[self.index].kind}"  # for ps
-        self.proc = subprocess.Popen([sys.executable, "-m", "runner.loggers", str(ready_w), label],
+        self.proc = subprocess.Popen([sys.executable, "-m", "runner.loggers", str(ready_w),
+                                      self.name],  # the name: for ps, and its warnings
                                      stdin=subprocess.PIPE, pass_fds=(ready_w,), env=env)
         os.close(ready_w)
         self.ready_fd = ready_r
@@ -344,7 +344,7 @@ def _child_main(ready_fd: int, label: str) -> int:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's; it closes the pipe
     logging.basicConfig(level=logging.WARNING,
-                        format=f"%(levelname)s %(name)s ({label}): %(message)s")
+                        format=f"%(levelname)s %(name)s [{label}]: %(message)s")
     with os.fdopen(ready_fd, "w") as ready:
         header = sys.stdin.buffer.readline()
         if not header:
